@@ -1,0 +1,25 @@
+# Reproduces "Smaller Large Language Models Can Do Moral Self-Correction" (Liu et al., 2024).
+# DAG: download → prepare → build prompts → generate (per model × benchmark × condition) → score →
+# figures and tables → report/paper_figures.pdf.  See README.md.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/download.smk"
+include: "rules/prompts.smk"
+include: "rules/generate.smk"
+include: "rules/score.smk"
+include: "rules/figures.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        "report/paper_figures.pdf",
+    default_target: True

@@ -1,0 +1,61 @@
+# Figures 1-8 of ../shared/STUDY.md and the tables behind them, each declared for `snakemake --report`.
+
+FIGURES = list(range(1, 9))
+
+
+def winogender_rho():
+    return {"rho": "results/scores/winogender_rho.parquet"} if "winogender" in BENCHMARKS else {}
+
+
+def generation_metas():
+    return [
+        f"results/generations/{m}/{b}/{c}.meta.json"
+        for m in MODELS for b in BENCHMARKS for c in conditions_for(b)
+    ]
+
+
+rule tables:
+    input:
+        unpack(lambda wc: winogender_rho()),
+        cells="results/scores/bbq_cells.parquet",
+        metas=generation_metas(),
+    output:
+        models_csv=report("report/tables/models.csv", caption="../report/models.rst", category="Tables"),
+        models_tex="report/tables/models.tex",
+        results_csv=report("report/tables/results.csv", caption="../report/results.rst", category="Tables"),
+        results_tex="report/tables/results.tex",
+    params:
+        study=config,
+    log:
+        "logs/report/tables.log",
+    conda:
+        "../envs/analysis.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/tables.py"
+
+
+rule figure:
+    input:
+        unpack(lambda wc: winogender_rho()),
+        cells="results/scores/bbq_cells.parquet",
+        per_item="results/scores/bbq_items.parquet",
+        models="report/tables/models.csv",
+    output:
+        pdf="report/figures/figure{n}.pdf",
+        png=report("report/figures/figure{n}.png", caption="../report/figure{n}.rst", category="Figures"),
+    params:
+        seed=config.get("seed", 0),
+    wildcard_constraints:
+        n="[1-8]",
+    log:
+        "logs/report/figure{n}.log",
+    conda:
+        "../envs/analysis.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/figure.py"

@@ -1,0 +1,23 @@
+# Methods page, figures 1-8 and the tables in one PDF.
+
+
+rule paper_figures:
+    input:
+        figures=expand("report/figures/figure{n}.pdf", n=FIGURES),
+        models="report/tables/models.csv",
+        results="report/tables/results.csv",
+        metas=generation_metas(),
+        data=rules.prepare_bbq.input + list(rules.prepare_winogender.input),
+    output:
+        "report/paper_figures.pdf",
+    params:
+        study=config,
+    log:
+        "logs/report/paper_figures.log",
+    conda:
+        "../envs/analysis.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/paper_figures.py"

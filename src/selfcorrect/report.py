@@ -1,0 +1,168 @@
+"""Tables (CSV + LaTeX), figure files and the assembled ``report/paper_figures.pdf``."""
+
+from __future__ import annotations
+
+import json
+import platform
+import textwrap
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
+
+from . import plotting  # noqa: E402
+from .conditions import Registry  # noqa: E402
+from .io import atomic_path, sha256_file, short_hash, write_csv, write_text  # noqa: E402
+
+PACKAGES = ["selfcorrect", "torch", "transformers", "snakemake", "pandas", "numpy", "scipy", "seaborn", "matplotlib", "pyarrow", "gguf"]
+RECONSTRUCTED = (
+    "Reconstructions (not the paper's own material): the wordings of the specificity, negation, affirmative and "
+    "unethical instructions; the multi-round protocol details; the model revisions; decoding settings "
+    "(greedy). Numbers here are this workflow's, never the paper's."
+)
+
+
+def models_table(config: dict, metas: list[dict]) -> pd.DataFrame:
+    fmt = {m["model"]: m.get("prompt_format") for m in metas}
+    backend = {m["model"]: m.get("backend") for m in metas}
+    rows = []
+    for name, m in config["models"].items():
+        rows.append({
+            "model": name, "path": m["path"], "family": m.get("family", ""), "params_b": m.get("params_b"),
+            "alignment": m.get("alignment", ""), "revision": m.get("revision") or "", "format": fmt.get(name, m.get("format", "auto")),
+            "backend": backend.get(name, config.get("generation", {}).get("backend", "transformers")),
+        })
+    return pd.DataFrame(rows)
+
+
+def results_table(bbq: pd.DataFrame, rho: pd.DataFrame | None) -> pd.DataFrame:
+    cols = ["model", "condition", "round", "answer_mode", "category", "context_condition", "n_scored", "n_dropped",
+            "accuracy", "accuracy_ci_low", "accuracy_ci_high", "bias_score", "ci_low", "ci_high", "n_refusal", "n_unparsed"]
+    out = bbq[[c for c in cols if c in bbq]].assign(benchmark="bbq", metric="bias_score")
+    if rho is not None and len(rho):
+        w = rho.rename(columns={"rho": "value", "n_occupations": "n_scored"}).assign(
+            benchmark="winogender", metric="rho", category="occupations", context_condition="")
+        out = pd.concat([out, w[["model", "condition", "round", "answer_mode", "benchmark", "metric", "category",
+                                 "context_condition", "n_scored", "value", "ci_low", "ci_high"]]], ignore_index=True)
+    return out
+
+
+def write_table(df: pd.DataFrame, csv_path: str, tex_path: str, float_format: str = "%.3f") -> None:
+    write_csv(df, csv_path)
+    write_text(df.to_latex(index=False, float_format=float_format.__mod__, na_rep="--"), tex_path)
+
+
+def save_figure(fig, pdf_path: str, png_path: str | None = None) -> None:
+    with atomic_path(pdf_path) as tmp:
+        fig.savefig(tmp, format="pdf")
+    if png_path:
+        with atomic_path(png_path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def _versions() -> dict:
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _hardware(metas: list[dict]) -> str:
+    devices = sorted({f"{m.get('device')} ({m.get('device_name')})" for m in metas})
+    return f"{platform.platform()}; generation on: {', '.join(devices) or 'n/a'}"
+
+
+def methods_text(config: dict, metas: list[dict], data_files: list[str], sources: dict, registry: Registry) -> str:
+    texts = registry.texts(config["conditions"])
+    prompt_hash = short_hash(json.dumps(texts, sort_keys=True))
+    wall = sum(float(m.get("wall_seconds", 0)) for m in metas)
+    lines = ["Methods", "", "Data"]
+    for bench in config["benchmarks"]:
+        s = sources[bench]
+        lines.append(f"  {bench}: {s['repository']} @ {s['commit']} ({s['license']})")
+    for f in data_files:
+        lines.append(f"    {Path(f).name}  sha256 {sha256_file(f)}")
+    lines += ["", "Study", f"  BBQ categories: {', '.join(config['categories'])}",
+              f"  sample_per_cell={config.get('sample_per_cell')}, winogender_occupations={config.get('winogender_occupations')}, "
+              f"seed={config.get('seed')}, rounds={config['rounds']}, answer modes={', '.join(config['answer_modes'])}",
+              f"  generation: {json.dumps(config.get('generation', {}), sort_keys=True)}",
+              "", "Models"]
+    for name, m in config["models"].items():
+        lines.append(f"  {name}: {m['path']} revision={m.get('revision') or 'unpinned'}"
+                     + (f" gguf={m['gguf_file']}" if m.get("gguf_file") else ""))
+    lines += ["", f"Prompt texts (config/conditions.yaml, sha256/16 of the texts used: {prompt_hash})"]
+    for name in config["conditions"]:
+        c = registry.condition(name)
+        for bench, text in (c.get("instruction") or {}).items():
+            lines.append(f"  {name} [{bench}]{' (CoT)' if c.get('cot') else ''}: {text or '(no instruction)'}")
+    lines.append(f"  feedback (rounds >= 2): {' '.join(texts['feedback'].split())}")
+    lines += ["", "Software: " + ", ".join(f"{k} {v}" for k, v in _versions().items()),
+              f"Hardware: {_hardware(metas)}",
+              f"Generation wall time: {wall / 60:.1f} min over {len(metas)} jobs; backends: "
+              f"{', '.join(sorted({m.get('backend', '?') for m in metas}))}",
+              f"Built: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", "", RECONSTRUCTED]
+    return "\n".join(lines)
+
+
+def _text_pages(pdf: PdfPages, text: str, title: str, lines_per_page: int = 70) -> None:
+    wrapped = []
+    for line in text.splitlines():
+        indent = len(line) - len(line.lstrip())
+        wrapped += textwrap.wrap(line, 120, subsequent_indent=" " * (indent + 4)) or [""]
+    for start in range(0, max(1, len(wrapped)), lines_per_page):
+        fig = plt.figure(figsize=(8.27, 11.69))
+        fig.text(0.05, 0.97, title, fontsize=13, weight="bold", va="top")
+        fig.text(0.05, 0.94, "\n".join(wrapped[start:start + lines_per_page]), family="monospace", fontsize=6.3, va="top")
+        pdf.savefig(fig)
+        plt.close(fig)
+
+
+def _table_pages(pdf: PdfPages, df: pd.DataFrame, title: str, rows_per_page: int = 45) -> None:
+    shown = df.copy()
+    for c in shown.select_dtypes("float").columns:
+        shown[c] = shown[c].map(lambda v: "" if pd.isna(v) else f"{v:.3g}")
+    for start in range(0, max(1, len(shown)), rows_per_page):
+        chunk = shown.iloc[start:start + rows_per_page]
+        fig, ax = plt.subplots(figsize=(11.69, 8.27))
+        ax.axis("off")
+        ax.set_title(f"{title} ({start + 1}-{start + len(chunk)} of {len(shown)})", fontsize=11)
+        tab = ax.table(cellText=chunk.astype(str).values, colLabels=list(chunk.columns), loc="upper center", cellLoc="left")
+        tab.auto_set_font_size(False)
+        tab.set_fontsize(5.5)
+        tab.scale(1, 0.95)
+        pdf.savefig(fig)
+        plt.close(fig)
+
+
+def build_pdf(out: str, methods: str, figure_pdfs: list[str], tables: dict[str, pd.DataFrame]) -> None:
+    """Methods page, then every figure (vector pages copied from their own files), then the tables."""
+    from pypdf import PdfReader, PdfWriter
+
+    with atomic_path(out) as tmp:
+        front = Path(str(tmp) + ".front.pdf")
+        back = Path(str(tmp) + ".back.pdf")
+        try:
+            with PdfPages(front) as pdf:
+                _text_pages(pdf, methods, "Smaller LLMs can do moral self-correction: reproduction report")
+            with PdfPages(back) as pdf:
+                for name, df in tables.items():
+                    _table_pages(pdf, df, name)
+            writer = PdfWriter()
+            for part in [front, *figure_pdfs, back]:
+                for page in PdfReader(part).pages:
+                    writer.add_page(page)
+            with open(tmp, "wb") as fh:
+                writer.write(fh)
+        finally:
+            front.unlink(missing_ok=True)
+            back.unlink(missing_ok=True)
