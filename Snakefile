@@ -7,7 +7,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# A --configfile (e.g. config/paper.yaml) replaces config.yaml rather than merging into it, so that a
+# preset's `models:` are exactly the models it runs.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "rules/common.smk"

@@ -73,24 +73,109 @@ class Engine:
         return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     # ------------------------------------------------------------ generation
+    @property
+    def eos_ids(self) -> set[int]:
+        ids = {self.tokenizer.eos_token_id}
+        extra = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids |= set(extra) if isinstance(extra, (list, tuple)) else ({extra} if extra is not None else set())
+        return {i for i in ids if i is not None}
+
     def generate(self, prompts: list[str], max_new_tokens: int, desc: str = "generate") -> list[str]:
         """Greedy continuations of ``prompts`` (special tokens dropped, cut at the first stop string)."""
+        return self.answer(prompts, max_new_tokens, None, desc)[0]
+
+    def answer(self, prompts: list[str], max_new_tokens: int | None, options: list[list[str]] | None,
+               desc: str = "answer") -> tuple[list[str] | None, list[list[float]] | None]:
+        """Greedy answers and option log-probabilities from one prefill of each prompt.
+
+        The prompt is encoded once; the options' tokens are scored on its KV cache (then cropped off
+        again) and greedy decoding continues from the same cache. ``max_new_tokens=None`` skips decoding.
+        """
+        tok = self.tokenizer
+        p_ids = tok(prompts, add_special_tokens=False)["input_ids"]
+        o_ids = [tok(list(o), add_special_tokens=False)["input_ids"] for o in options] if options else [None] * len(prompts)
+        if options and not all(_last_token_differs(o) for o in o_ids):
+            texts = self.answer(prompts, max_new_tokens, None, desc)[0] if max_new_tokens else None
+            return texts, self._sequence_scores(p_ids, o_ids, desc)
+        rows = list(zip(p_ids, o_ids))
+        results = self._run_batched(rows, [len(p) for p in p_ids], lambda b: self._answer_batch(b, max_new_tokens), desc)
+        texts = [r[0] for r in results] if max_new_tokens else None
+        scores = [r[1] for r in results] if options else None
+        return texts, scores
+
+    def _step(self, input_ids, mask, positions, cache, keep: int):
+        """One forward pass that appends to ``cache`` in place (transformers renamed the argument in 5.x)."""
+        import inspect
+
+        if not hasattr(self, "_cache_arg"):
+            params = inspect.signature(self.model.forward).parameters
+            self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=keep, **{self._cache_arg: cache})
+        return out.logits.float(), cache
+
+    def _answer_batch(self, batch, max_new_tokens):
         import torch
-        from transformers import GenerationConfig
+        from transformers import DynamicCache
 
-        cfg = GenerationConfig(
-            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-        )
+        input_ids, mask = self._pad_left([r[0] for r in batch])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            logits, cache = self._step(input_ids, mask, positions, DynamicCache(config=self.model.config), 1)
+            last = logits[:, -1]
+            scores = [None] * len(batch)
+            if batch[0][1] is not None:
+                scores = self._score_on_cache(batch, last, mask, positions, cache)
+            texts = [None] * len(batch)
+            if max_new_tokens:
+                texts = self._greedy(last, mask, positions[:, -1:], cache, max_new_tokens)
+        return list(zip(texts, scores))
 
-        def run(batch: list[str]) -> list[str]:
-            enc = self._encode(batch)
-            with torch.inference_mode():
-                out = self.model.generate(**enc, generation_config=cfg)
-            new = out[:, enc["input_ids"].shape[1]:]
-            return [self._cut(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+    def _score_on_cache(self, batch, last, mask, positions, cache):
+        """log P(option) for options that share all tokens but the last; the cache is left as found."""
+        import torch
 
-        return self._run_batched(prompts, self.token_lengths(prompts), run, desc)
+        shared = [tuple(r[1][0][:-1]) for r in batch]
+        n = len(shared[0])
+        if any(len(s) != n for s in shared):
+            raise ValueError("options of one batch must share the same number of leading tokens")
+        logp = [torch.log_softmax(last, dim=-1)]
+        if n:
+            ids = torch.tensor(shared, dtype=torch.long, device=self.device)
+            ext = torch.cat([mask, torch.ones_like(ids)], dim=1)
+            pos = positions[:, -1:] + 1 + torch.arange(n, device=self.device)
+            logits, cache = self._step(ids, ext, pos, cache, n)
+            cache.crop(-n)
+            logp += [torch.log_softmax(logits[:, t], dim=-1) for t in range(n)]
+        out = []
+        for j, (_, opts) in enumerate(batch):
+            head = sum(float(logp[t][j, shared[j][t]]) for t in range(n))
+            out.append([head + float(logp[n][j, o[-1]]) for o in opts])
+        return out
+
+    def _greedy(self, last, mask, position, cache, max_new_tokens):
+        import torch
+
+        eos = torch.tensor(sorted(self.eos_ids), device=self.device)
+        pad = self.tokenizer.pad_token_id
+        nxt = last.argmax(-1)
+        done = torch.isin(nxt, eos)
+        steps = [nxt]
+        for _ in range(max_new_tokens - 1):
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            position = position + 1
+            logits, cache = self._step(nxt[:, None], mask, position, cache, 1)
+            nxt = torch.where(done, torch.full_like(nxt, pad), logits[:, -1].argmax(-1))
+            steps.append(nxt)
+            done |= torch.isin(nxt, eos)
+        gen = torch.stack(steps, dim=1).tolist()
+        texts = []
+        for row in gen:
+            cut = next((i for i, t in enumerate(row) if t in self.eos_ids), len(row))
+            texts.append(self._cut(self.tokenizer.decode(row[:cut], skip_special_tokens=True)))
+        return texts
 
     def _cut(self, text: str) -> str:
         for s in self.stop_strings:
@@ -122,30 +207,8 @@ class Engine:
         p_ids = tok(prompts, add_special_tokens=False)["input_ids"]
         o_ids = [tok(list(opts), add_special_tokens=False)["input_ids"] for opts in options]
         if all(_last_token_differs(o) for o in o_ids):
-            return self._last_token_scores(p_ids, o_ids, desc)
+            return self.answer(prompts, None, options, desc)[1]
         return self._sequence_scores(p_ids, o_ids, desc)
-
-    def _last_token_scores(self, p_ids, o_ids, desc):
-        import torch
-
-        rows = [(ids + o[0][:-1], o) for ids, o in zip(p_ids, o_ids)]
-
-        def run(batch):
-            input_ids, mask = self._pad_left([r[0] for r in batch])
-            shared = [r[1][0][:-1] for r in batch]
-            keep = 1 + max(len(s) for s in shared)
-            with torch.inference_mode():
-                logits = self.model(input_ids=input_ids, attention_mask=mask, logits_to_keep=keep).logits.float()
-            logp = torch.log_softmax(logits, dim=-1)
-            res = []
-            for j, (_, opts) in enumerate(batch):
-                n = len(shared[j])
-                # log P of the shared tokens, then of each option's own last token
-                head = sum(float(logp[j, keep - 1 - n + t, opts[0][t]]) for t in range(n))
-                res.append([head + float(logp[j, keep - 1, o[-1]]) for o in opts])
-            return res
-
-        return self._run_batched(rows, [len(r[0]) for r in rows], run, desc)
 
     def _sequence_scores(self, p_ids, o_ids, desc):
         import torch

@@ -89,9 +89,10 @@ def run_rounds(
             for ex, h, r in zip(exs, histories, reasoning)
         ]
         prompts = [render(c) for c in convs]
-        texts = engine.generate(prompts, settings.max_new_tokens, desc=f"{condition} r{rnd} answer") if generate else [None] * len(exs)
         options = [_option_texts(benchmark, registry, ex, c) for ex, c in zip(exs, convs)]
-        logprobs = engine.option_logprobs(prompts, options, desc=f"{condition} r{rnd} logprob")
+        texts, logprobs = engine.answer(prompts, settings.max_new_tokens if generate else None, options,
+                                        desc=f"{condition} r{rnd} answer")
+        texts = texts or [None] * len(exs)
         for i, ex in enumerate(exs):
             probs = normalise(logprobs[i])
             lp_slot = int(np.argmax(probs))

@@ -1,0 +1,183 @@
+"""The ``selfcorrect`` command line: score predictions, list and render prompts, estimate compute."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from .paths import DEFAULT_CONFIG, PROJECT_ROOT
+
+DATA_CANDIDATES = (PROJECT_ROOT / "resources" / "data", PROJECT_ROOT.parent / "shared" / "data")
+
+
+def _load_config(path: str | None) -> dict:
+    with open(path or DEFAULT_CONFIG) as fh:
+        return yaml.safe_load(fh)
+
+
+def _data_dir(explicit: str | None, benchmark: str) -> Path:
+    """A directory laid out like ../shared/data holding ``benchmark``: the option, the workflow's
+    downloads, or the shared mirror beside the project."""
+    for cand in ([Path(explicit)] if explicit else list(DATA_CANDIDATES)):
+        if (cand / benchmark).is_dir():
+            return cand
+    raise SystemExit(
+        f"error: no {benchmark} data found in {', '.join(map(str, DATA_CANDIDATES))}; pass --data DIR "
+        "(a directory laid out like ../shared/data) or run the workflow's download rules first"
+    )
+
+
+# ---------------------------------------------------------------- score-bbq
+
+def cmd_score_bbq(args) -> int:
+    from .scoring_cli import score_prediction_files
+
+    table = score_prediction_files(
+        args.predictions, args.prediction_field, metadata_dir=_metadata_dir(args.data),
+        ambiguous_only=args.ambiguous_only, split_names=not args.no_names_split,
+    )
+    from .io import write_csv
+
+    write_csv(table, args.out)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\nwrote {args.out}: {len(table)} rows; dropped {int(table['n_dropped'].sum())} examples "
+          f"(unmatched answers or no target)", file=sys.stderr)
+    return 0
+
+
+def _metadata_dir(explicit: str | None) -> Path | None:
+    try:
+        return _data_dir(explicit, "bbq") / "bbq" / "data"
+    except SystemExit:
+        if explicit:
+            raise
+        return None
+
+
+# ---------------------------------------------------------------- conditions / render
+
+def cmd_conditions(args) -> int:
+    from .conditions import Registry
+
+    rows = Registry.load(args.registry).describe()
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']:<16} {','.join(r['benchmarks']):<16} {'(reconstruction) ' if r['reconstruction'] else ''}{r['description']}")
+    return 0
+
+
+def _example(args) -> dict:
+    from . import data
+
+    root = _data_dir(args.data, args.benchmark)
+    if args.benchmark == "bbq":
+        if not args.category:
+            raise SystemExit("error: --category is required for BBQ (e.g. --category Age)")
+        path = root / "bbq" / "data" / f"{args.category}.jsonl"
+        if not path.exists():
+            raise SystemExit(f"error: {path} does not exist; categories available there: "
+                             f"{', '.join(sorted(p.stem for p in path.parent.glob('*.jsonl')))}")
+        df = data.load_bbq([path])
+        hit = df[df["example_id"] == int(args.example_id)]
+    else:
+        wd = root / "winogender" / "data"
+        df = data.load_winogender(wd / "all_sentences.tsv", wd / "occupations-stats.tsv")
+        hit = df[df["example_id"] == args.example_id]
+    if hit.empty:
+        raise SystemExit(f"error: no {args.benchmark} example with id {args.example_id!r}"
+                         + (f" in category {args.category}" if args.category else ""))
+    return hit.iloc[0].to_dict()
+
+
+def cmd_render(args) -> int:
+    from .conditions import Registry
+    from .formats import render
+    from .models import ModelSpec, load_tokenizer, prompt_format
+
+    registry = Registry.load(args.registry)
+    cfg = _load_config(args.configfile)
+    name = args.model or next(iter(cfg["models"]))
+    spec = ModelSpec.from_config(name, cfg["models"][name]) if name in cfg["models"] else ModelSpec(name=name, path=name)
+    local = PROJECT_ROOT / "resources" / "models" / spec.name
+    tok = load_tokenizer(spec, local if (local / "tokenizer_config.json").exists() else None)
+    fmt = args.format or prompt_format(spec, tok)
+    example = _example(args)
+    cot = bool(registry.condition(args.condition).get("cot"))
+    history = registry.placeholder_history(args.condition, args.round - 1)
+    conv = registry.conversation(args.condition, args.benchmark, example, history, stage="answer",
+                                 reasoning=" [reasoning]" if cot else None)
+    print(render(conv, fmt, registry.data["dialogue"], tok, spec.system_prompt))
+    return 0
+
+
+# ---------------------------------------------------------------- estimate
+
+def cmd_estimate(args) -> int:
+    from .estimate import estimate, format_estimate
+
+    cfg = _load_config(args.configfile)
+    table = estimate(cfg, data_dir=_data_dir(args.data, "bbq") if args.data else None, tflops=args.tflops, mfu=args.mfu)
+    print(format_estimate(table, args.tflops, args.mfu))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="selfcorrect", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("score-bbq", help="official BBQ accuracy and bias score of a predictions jsonl")
+    s.add_argument("--predictions", nargs="+", required=True, help="jsonl files of BBQ examples with a prediction field")
+    s.add_argument("--prediction-field", required=True, help="field holding the answer (free text or a letter a/b/c)")
+    s.add_argument("--out", required=True, help="CSV to write, one row per (category, context_condition)")
+    s.add_argument("--data", help="directory laid out like ../shared/data; its BBQ metadata is joined as the R scripts do")
+    s.add_argument("--ambiguous-only", action="store_true",
+                   help="score ambiguous contexts only (what the BBQ scripts do for question-only baselines)")
+    s.add_argument("--no-names-split", action="store_true", help='do not split "X (names)" from "X"')
+    s.set_defaults(func=cmd_score_bbq)
+
+    s = sub.add_parser("conditions", help="list the prompt conditions of the registry")
+    s.add_argument("--format", choices=["json", "table"], default="table")
+    s.add_argument("--registry", default=str(PROJECT_ROOT / "config" / "conditions.yaml"))
+    s.set_defaults(func=cmd_conditions)
+
+    s = sub.add_parser("render", help="print the exact text a model reads for one example, condition and round")
+    s.add_argument("--benchmark", choices=["bbq", "winogender"], required=True)
+    s.add_argument("--condition", required=True)
+    s.add_argument("--round", type=int, default=1)
+    s.add_argument("--example-id", required=True, help="BBQ example_id (with --category) or Winogender id, e.g. technician.customer.1")
+    s.add_argument("--category", help="BBQ category, e.g. Age")
+    s.add_argument("--model", help="a key of the config's models: (default: the first, the offline model) or a hub id/path")
+    s.add_argument("--format", choices=["chat", "base"], help="override the model's prompt format")
+    s.add_argument("--configfile", help="study config (default: config.yaml)")
+    s.add_argument("--data", help="directory laid out like ../shared/data")
+    s.add_argument("--registry", default=str(PROJECT_ROOT / "config" / "conditions.yaml"))
+    s.set_defaults(func=cmd_render)
+
+    s = sub.add_parser("estimate", help="prompts, tokens and GPU hours of a study config")
+    s.add_argument("--configfile", help="study config (default: config.yaml)")
+    s.add_argument("--data", help="directory laid out like ../shared/data (counts sampled examples exactly)")
+    s.add_argument("--tflops", type=float, default=989.0, help="reference GPU dense bf16 TFLOP/s (H100 SXM: 989)")
+    s.add_argument("--mfu", type=float, default=0.35, help="assumed fraction of that peak achieved end to end")
+    s.set_defaults(func=cmd_estimate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "round", 1) < 1:
+        raise SystemExit("error: --round must be 1 or more")
+    try:
+        return args.func(args)
+    except (ValueError, RuntimeError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
