@@ -8,8 +8,6 @@ def source_paths(benchmark):
 rule download:
     output:
         "resources/data/{benchmark}/{path}",
-    params:
-        mirror=config.get("data_mirror"),
     log:
         "logs/download/{benchmark}/{path}.log",
     wildcard_constraints:

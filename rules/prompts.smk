@@ -4,7 +4,7 @@
 rule build_prompts:
     input:
         table="results/data/{benchmark}.parquet",
-        registry="config/conditions.yaml",
+        registry=REGISTRY.path,
     output:
         "results/prompts/{benchmark}/{condition}.parquet",
     params:

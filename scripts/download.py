@@ -2,4 +2,5 @@ from selfcorrect.pipeline import fetch
 from selfcorrect.smk import start
 
 start(snakemake)
-fetch(snakemake.wildcards.benchmark, snakemake.wildcards.path, snakemake.output[0], snakemake.params.mirror)
+# the mirror is read from config, not params: where a checksum-verified file came from does not change it
+fetch(snakemake.wildcards.benchmark, snakemake.wildcards.path, snakemake.output[0], snakemake.config.get("data_mirror"))

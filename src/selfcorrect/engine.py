@@ -37,6 +37,13 @@ class Engine:
     batch_size: int = 16
     progress: bool = True
     stop_strings: tuple[str, ...] = ()
+    # Per-example KV cache of the last prompt (key -> (token ids, [(keys, values) per layer])). A later prompt of
+    # the same example that starts with those tokens (the next stage or round of its conversation) computes only
+    # its new tokens. None: off.
+    prefix_store: dict | None = None
+
+    def reuse_prefixes(self, on: bool = True) -> None:
+        self.prefix_store = {} if on else None
 
     # ------------------------------------------------------------ batching
     def _run_batched(self, items: list, lengths: list[int], fn, desc: str) -> list:
@@ -80,12 +87,12 @@ class Engine:
         ids |= set(extra) if isinstance(extra, (list, tuple)) else ({extra} if extra is not None else set())
         return {i for i in ids if i is not None}
 
-    def generate(self, prompts: list[str], max_new_tokens: int, desc: str = "generate") -> list[str]:
+    def generate(self, prompts: list[str], max_new_tokens: int, desc: str = "generate", keys: list | None = None) -> list[str]:
         """Greedy continuations of ``prompts`` (special tokens dropped, cut at the first stop string)."""
-        return self.answer(prompts, max_new_tokens, None, desc)[0]
+        return self.answer(prompts, max_new_tokens, None, desc, keys)[0]
 
     def answer(self, prompts: list[str], max_new_tokens: int | None, options: list[list[str]] | None,
-               desc: str = "answer") -> tuple[list[str] | None, list[list[float]] | None]:
+               desc: str = "answer", keys: list | None = None) -> tuple[list[str] | None, list[list[float]] | None]:
         """Greedy answers and option log-probabilities from one prefill of each prompt.
 
         The prompt is encoded once; the options' tokens are scored on its KV cache (then cropped off
@@ -95,9 +102,9 @@ class Engine:
         p_ids = tok(prompts, add_special_tokens=False)["input_ids"]
         o_ids = [tok(list(o), add_special_tokens=False)["input_ids"] for o in options] if options else [None] * len(prompts)
         if options and not all(_last_token_differs(o) for o in o_ids):
-            texts = self.answer(prompts, max_new_tokens, None, desc)[0] if max_new_tokens else None
+            texts = self.answer(prompts, max_new_tokens, None, desc, keys)[0] if max_new_tokens else None
             return texts, self._sequence_scores(p_ids, o_ids, desc)
-        rows = list(zip(p_ids, o_ids))
+        rows = list(zip(p_ids, o_ids, keys if keys is not None else [None] * len(prompts)))
         results = self._run_batched(rows, [len(p) for p in p_ids], lambda b: self._answer_batch(b, max_new_tokens), desc)
         texts = [r[0] for r in results] if max_new_tokens else None
         scores = [r[1] for r in results] if options else None
@@ -116,13 +123,12 @@ class Engine:
 
     def _answer_batch(self, batch, max_new_tokens):
         import torch
-        from transformers import DynamicCache
 
-        input_ids, mask = self._pad_left([r[0] for r in batch])
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
-            logits, cache = self._step(input_ids, mask, positions, DynamicCache(config=self.model.config), 1)
+            logits, mask, positions, cache, width = self._prefill([r[0] for r in batch], [r[2] for r in batch])
             last = logits[:, -1]
+            if self.prefix_store is not None:
+                self._remember(batch, mask[:, :width], cache, width)
             scores = [None] * len(batch)
             if batch[0][1] is not None:
                 scores = self._score_on_cache(batch, last, mask, positions, cache)
@@ -130,6 +136,64 @@ class Engine:
             if max_new_tokens:
                 texts = self._greedy(last, mask, positions[:, -1:], cache, max_new_tokens)
         return list(zip(texts, scores))
+
+    def _prefill(self, p_ids: list[list[int]], keys: list):
+        """Encode the prompts, reusing each example's stored prefix where the prompt starts with it.
+
+        Row layout: [pad][reused prefix][pad][new tokens]; padding is masked out, positions count real tokens only.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        reuse = [self._reusable(ids, k) for ids, k in zip(p_ids, keys)]
+        cache = DynamicCache(config=self.model.config)
+        if not any(reuse):
+            input_ids, mask = self._pad_left(p_ids)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits, cache = self._step(input_ids, mask, positions, cache, 1)
+            return logits, mask, positions, cache, input_ids.shape[1]
+        n_old = [len(r[0]) if r else 0 for r in reuse]
+        width_old = max(n_old)
+        layers = len(next(r for r in reuse if r)[1])
+        some = next(r for r in reuse if r)[1][0][0]
+        for layer in range(layers):
+            shape = (len(p_ids), some.shape[0], width_old, some.shape[-1])
+            k = torch.zeros(shape, dtype=some.dtype, device=some.device)
+            v = torch.zeros_like(k)
+            for j, r in enumerate(reuse):
+                if r:
+                    k[j, :, width_old - n_old[j]:] = r[1][layer][0]
+                    v[j, :, width_old - n_old[j]:] = r[1][layer][1]
+            cache.update(k.to(self.device), v.to(self.device), layer)
+        old_mask = torch.zeros((len(p_ids), width_old), dtype=torch.long)
+        for j, n in enumerate(n_old):
+            old_mask[j, width_old - n:] = 1
+        new_ids, new_mask = self._pad_left([ids[n:] for ids, n in zip(p_ids, n_old)])
+        mask = torch.cat([old_mask.to(self.device), new_mask], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, width_old:]
+        logits, cache = self._step(new_ids, mask, positions, cache, 1)
+        return logits, mask, positions, cache, mask.shape[1]
+
+    def _reusable(self, ids: list[int], key):
+        """(stored ids, kv) trimmed to the longest stored prefix of ``ids`` (leaving one token to compute)."""
+        if self.prefix_store is None or key is None or key not in self.prefix_store:
+            return None
+        old_ids, kv = self.prefix_store[key]
+        n = 0
+        limit = min(len(old_ids), len(ids) - 1)
+        while n < limit and old_ids[n] == ids[n]:
+            n += 1
+        if n == 0:
+            return None
+        return old_ids[:n], [(k[:, :n], v[:, :n]) for k, v in kv]
+
+    def _remember(self, batch, mask, cache, width):
+        for j, (ids, _, key) in enumerate(batch):
+            if key is None:
+                continue
+            cols = mask[j].nonzero().squeeze(-1)
+            kv = [(layer.keys[j, :, cols].clone(), layer.values[j, :, cols].clone()) for layer in cache.layers]
+            self.prefix_store[key] = (list(ids), kv)
 
     def _score_on_cache(self, batch, last, mask, positions, cache):
         """log P(option) for options that share all tokens but the last; the cache is left as found."""
@@ -148,7 +212,7 @@ class Engine:
             cache.crop(-n)
             logp += [torch.log_softmax(logits[:, t], dim=-1) for t in range(n)]
         out = []
-        for j, (_, opts) in enumerate(batch):
+        for j, (_, opts, _) in enumerate(batch):
             head = sum(float(logp[t][j, shared[j][t]]) for t in range(n))
             out.append([head + float(logp[n][j, o[-1]]) for o in opts])
         return out

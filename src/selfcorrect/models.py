@@ -112,12 +112,16 @@ def load_model(spec: ModelSpec, device: str, local_dir: str | os.PathLike | None
 
     tok = load_tokenizer(spec, local_dir)
     src, kwargs = _source(spec, local_dir)
+    shard = device.startswith("cuda") and int(spec.extra.get("gpus", 1) or 1) > 1
+    if shard:  # larger than one GPU: let accelerate spread the layers over all visible GPUs
+        kwargs["device_map"] = "auto"
     try:
         model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype(spec.dtype, device), **kwargs)
     except Exception as err:
         raise ModelLoadError(f"cannot load model {spec.name!r} from {src!r}: {err}.{_hint(spec, err)}") from err
-    model.to(device).eval()
-    return model, tok
+    if not shard:
+        model.to(device)
+    return model.eval(), tok
 
 
 def materialize(spec: ModelSpec, out_dir: str | os.PathLike) -> Path:

@@ -76,6 +76,7 @@ def settings_from_config(cfg: dict) -> Settings:
         max_new_tokens=int(g.get("max_new_tokens", 16)),
         cot_max_new_tokens=int(g.get("cot_max_new_tokens", 256)),
         shard_size=int(g.get("shard_size", 256)),
+        prefix_reuse=bool(g.get("prefix_reuse", True)),
     )
 
 
@@ -106,6 +107,7 @@ def generate(
     dialogue = registry.data["dialogue"]
     stop = (dialogue["separator"] + dialogue["human"],) if fmt == "base" else ()
     engine = Engine(model, tok, device, batch_size=int(gcfg.get("batch_size", 16)), stop_strings=stop)
+    engine.reuse_prefixes(settings.prefix_reuse)
     info = JobInfo(name, spec.revision, backend, fmt, device, benchmark, condition)
     key = job_key(examples, benchmark, settings, info, registry_hash(registry, [condition]))
 
@@ -117,6 +119,7 @@ def generate(
     write_parquet(table, out)
     write_json({
         "model": name, "path": spec.path, "revision": spec.revision, "backend": backend, "device": device,
+        "resolved_revision": getattr(model.config, "_commit_hash", None),
         "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or platform.machine(),
         "dtype": str(model.dtype), "prompt_format": fmt, "benchmark": benchmark, "condition": condition,
         "rounds": settings.rounds, "answer_modes": list(settings.answer_modes), "n_examples": len(examples),

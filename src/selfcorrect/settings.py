@@ -26,12 +26,20 @@ def check_study(config: dict, registry: Registry) -> None:
 def model_resources(config: dict) -> dict:
     """Snakemake ``resources:`` of a generation job, taken from the model's entry (GPU, memory, time)."""
     models = config["models"]
+    cluster = config.get("cluster", {})
+    max_minutes = int(60 * float(config.get("generation", {}).get("max_job_hours", 24)))
 
     def get(key, default):
         return lambda wc: models[wc.model].get(key, default)
 
+    def partition(wc):
+        gpus = models[wc.model].get("gpus", 0)
+        return cluster.get("gpu_partition" if gpus else "cpu_partition", "gpu" if gpus else "cpu")
+
+    # a job longer than max_job_hours is cut by the scheduler; its finished shards are kept and the retry resumes
     return {
         "mem_mb": get("mem_mb", 8000),
-        "runtime": get("runtime_min", 120),
+        "runtime": lambda wc: min(models[wc.model].get("runtime_min", max_minutes), max_minutes),
         "gpu": get("gpus", 0),
+        "slurm_partition": partition,
     }

@@ -34,6 +34,7 @@ class Settings:
     max_new_tokens: int = 16
     cot_max_new_tokens: int = 256
     shard_size: int = 256
+    prefix_reuse: bool = True
 
     def key(self) -> str:
         return short_hash(json.dumps(self.__dict__, sort_keys=True, default=list))
@@ -72,9 +73,32 @@ def run_rounds(
     engine, registry: Registry, render: Callable[[Conversation], str], benchmark: str, condition: str,
     examples: pd.DataFrame, settings: Settings,
 ) -> pd.DataFrame:
-    """All rounds of one condition for ``examples``; one row per (example, round)."""
+    """All rounds of one condition for ``examples``; one row per (example, round), in input order.
+
+    With prefix reuse on, examples go through all their rounds one batch at a time, so that each example's KV
+    cache from its previous stage or round is still in memory when its next prompt (which starts with the
+    previous one) is encoded.
+    """
     exs = examples.to_dict("records")
     ids = item_ids(benchmark, examples)
+    if engine.prefix_store is None:
+        return _rounds_of(engine, registry, render, benchmark, condition, exs, ids, settings)
+    size = engine.batch_size
+    # similar lengths together, so that each batch of the whole conversation pads little
+    order = sorted(range(len(exs)), key=lambda i: -len(json.dumps(exs[i], default=str)))
+    parts = []
+    for start in range(0, len(order), size):
+        idx = order[start:start + size]
+        engine.prefix_store.clear()
+        parts.append(_rounds_of(engine, registry, render, benchmark, condition, [exs[i] for i in idx], [ids[i] for i in idx], settings))
+    engine.prefix_store.clear()
+    rank = {item: i for i, item in enumerate(ids)}
+    out = pd.concat(parts, ignore_index=True)
+    out["_rank"] = out["item_id"].map(rank)
+    return out.sort_values(["round", "_rank"]).drop(columns="_rank").reset_index(drop=True)
+
+
+def _rounds_of(engine, registry, render, benchmark, condition, exs: list[dict], ids: list[str], settings: Settings) -> pd.DataFrame:
     cot = bool(registry.condition(condition).get("cot", False))
     generate = benchmark == "bbq" and "generate" in settings.answer_modes
     histories: list[list[RoundRecord]] = [[] for _ in exs]
@@ -83,7 +107,8 @@ def run_rounds(
         reasoning = [None] * len(exs)
         if cot:
             convs = [registry.conversation(condition, benchmark, ex, h, stage="reasoning") for ex, h in zip(exs, histories)]
-            reasoning = engine.generate([render(c) for c in convs], settings.cot_max_new_tokens, desc=f"{condition} r{rnd} reasoning")
+            reasoning = engine.generate([render(c) for c in convs], settings.cot_max_new_tokens,
+                                        desc=f"{condition} r{rnd} reasoning", keys=ids)
         convs = [
             registry.conversation(condition, benchmark, ex, h, stage="answer", reasoning=r)
             for ex, h, r in zip(exs, histories, reasoning)
@@ -91,7 +116,7 @@ def run_rounds(
         prompts = [render(c) for c in convs]
         options = [_option_texts(benchmark, registry, ex, c) for ex, c in zip(exs, convs)]
         texts, logprobs = engine.answer(prompts, settings.max_new_tokens if generate else None, options,
-                                        desc=f"{condition} r{rnd} answer")
+                                        desc=f"{condition} r{rnd} answer", keys=ids)
         texts = texts or [None] * len(exs)
         for i, ex in enumerate(exs):
             probs = normalise(logprobs[i])

@@ -1,0 +1,141 @@
+"""The real Snakemake DAG end to end on the real data, with a tiny random model built at test time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def _config(tiny_model: Path, mirror: Path) -> dict:
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg.update(
+        data_mirror=str(mirror), categories=["Age", "Religion"], sample_per_cell=1, winogender_occupations=5,
+        conditions=["baseline", "instruction", "instruction_cot", "unethical"], rounds=2,
+        models={"tiny-llama": {"path": str(tiny_model), "format": "chat", "params_b": 0.0001,
+                               "family": "test", "alignment": "random"}},
+        bootstrap={"n_resamples": 50, "confidence": 0.95},
+    )
+    cfg["generation"].update(cot_max_new_tokens=8, max_new_tokens=6, shard_size=8)
+    return cfg
+
+
+def _run(workdir: Path, configfile: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = SNAKEMAKE + ["--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), "--configfile", str(configfile),
+                       "--cores", "2", *args]
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1500)
+
+
+@pytest.fixture(scope="module")
+def workflow_run(tmp_path_factory, tiny_model, shared_data):
+    work = tmp_path_factory.mktemp("workflow")
+    configfile = work / "test-config.yaml"
+    configfile.write_text(yaml.safe_dump(_config(tiny_model, shared_data)))
+    proc = _run(work, configfile, "report/paper_figures.pdf")
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    return work, configfile
+
+
+@pytest.mark.slow
+def test_the_whole_dag_produces_the_report(workflow_run):
+    work, _ = workflow_run
+    pdf = work / "report" / "paper_figures.pdf"
+    from pypdf import PdfReader
+
+    reader = PdfReader(pdf)
+    text = "\n".join(page.extract_text() or "" for page in reader.pages)
+    for n in range(1, 9):
+        assert f"Figure {n}:" in text
+        assert (work / "report" / "figures" / f"figure{n}.png").stat().st_size > 1000
+    assert "bea11bd97d79217245b5871acd247b9d6eb24598" in text and "46e805b3fc2d8cbd" in text
+    assert "tiny-llama" in text and "Reconstructions" in text
+
+
+@pytest.mark.slow
+def test_outputs_carry_ids_conditions_rounds_and_prompt_hashes(workflow_run):
+    work, _ = workflow_run
+    gen = pd.read_parquet(work / "results" / "generations" / "tiny-llama" / "bbq" / "instruction_cot.parquet")
+    assert {"item_id", "condition", "model", "revision", "prompt_hash", "raw_text", "reasoning", "round"} <= set(gen.columns)
+    assert sorted(gen["round"].unique()) == [1, 2]
+    assert len(gen) == 2 * 2 * 2 * 2 * 2  # categories x contexts x polarities x 1 per cell x rounds
+    assert gen["reasoning"].notna().all()
+    cells = pd.read_csv(work / "report" / "tables" / "results.csv")
+    bbq = cells[cells["benchmark"] == "bbq"]
+    assert set(bbq["answer_mode"]) == {"generate", "logprob"}
+    assert bbq["bias_score"].dropna().between(-100, 100).all()
+    assert {"ci_low", "ci_high", "n_scored"} <= set(cells.columns)
+    logs = list((work / "logs" / "generate").rglob("*.log"))
+    assert len(logs) == 8 and all(p.stat().st_size > 0 for p in logs)
+
+
+@pytest.mark.slow
+def test_a_second_run_has_nothing_to_do(workflow_run):
+    work, configfile = workflow_run
+    proc = _run(work, configfile, "-n", "report/paper_figures.pdf")
+    assert proc.returncode == 0
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_html_report_builds(workflow_run):
+    work, configfile = workflow_run
+    proc = _run(work, configfile, "--report", str(work / "report" / "report.html"), "report/paper_figures.pdf")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (work / "report" / "report.html").stat().st_size > 10_000
+
+
+def test_dry_run_lists_every_stage(shared_data, tmp_path):
+    proc = subprocess.run(SNAKEMAKE + ["-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+                                       "--configfile", str(ROOT / "config.yaml"),
+                                       "report/paper_figures.pdf", "--config", f"data_mirror={shared_data}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for rule in ("download", "prepare_bbq", "prepare_winogender", "build_prompts", "prepare_model", "generate",
+                 "score_bbq", "score_winogender", "tables", "figure", "paper_figures"):
+        assert f"{rule} " in out or f"rule {rule}:" in out, rule
+
+
+@pytest.mark.parametrize("override,needle", [
+    (["--config", "colour=blue"], "colour"),
+    (["--config", "rounds=0"], "rounds"),
+    (["--config", "conditions=[instructoin]"], "instructoin"),
+    (["--config", "categories=[Elves]"], "Elves"),
+])
+def test_bad_config_stops_before_any_job(override, needle, tmp_path):
+    proc = subprocess.run(SNAKEMAKE + ["-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+                                       "--configfile", str(ROOT / "config.yaml"), *override],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert needle in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["figures", "explore_answers"])
+def test_notebooks_run_headless_on_the_run(workflow_run, name, tmp_path, monkeypatch):
+    import jupytext
+    from nbclient import NotebookClient
+
+    work, _ = workflow_run
+    monkeypatch.setenv("SELFCORRECT_RESULTS", str(work))
+    monkeypatch.setenv("SELFCORRECT_NOTEBOOK_OUT", str(tmp_path))
+    nb = jupytext.read(ROOT / "notebooks" / f"{name}.py")
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    if name == "figures":
+        import matplotlib.image as mpimg
+        import numpy as np
+
+        for n in range(1, 9):
+            ours = mpimg.imread(tmp_path / f"figure{n}.png")
+            theirs = mpimg.imread(work / "report" / "figures" / f"figure{n}.png")
+            assert ours.shape == theirs.shape and np.array_equal(ours, theirs), f"figure {n} differs"
