@@ -13,9 +13,11 @@ os.environ.setdefault("SELFCORRECT_ROOT", workflow.basedir)
 
 from selfcorrect.conditions import Registry  # noqa: E402
 from selfcorrect.data import load_sources  # noqa: E402
-from selfcorrect.settings import check_study, model_resources  # noqa: E402
+from selfcorrect.settings import check_schema, check_study, model_resources  # noqa: E402
 
-validate(config, "../config/config.schema.yaml")
+SCHEMA = Path(workflow.basedir) / "config" / "config.schema.yaml"
+check_schema(config, SCHEMA)  # one line per problem: key, bad value, what is allowed
+validate(config, str(SCHEMA))  # snakemake's own check (and schema defaults)
 REGISTRY = Registry.load()
 check_study(config, REGISTRY)  # unknown condition, bad combination: stop before any job
 

@@ -18,12 +18,15 @@ rule tables:
     input:
         unpack(lambda wc: winogender_rho()),
         cells="results/scores/bbq_cells.parquet",
+        differences="results/scores/bbq_differences.parquet",
         metas=generation_metas(),
     output:
         models_csv=report("report/tables/models.csv", caption="../report/models.rst", category="Tables"),
         models_tex="report/tables/models.tex",
         results_csv=report("report/tables/results.csv", caption="../report/results.rst", category="Tables"),
         results_tex="report/tables/results.tex",
+        differences_csv=report("report/tables/differences.csv", caption="../report/differences.rst", category="Tables"),
+        differences_tex="report/tables/differences.tex",
     params:
         study=config,
     log:

@@ -6,6 +6,7 @@ rule paper_figures:
         figures=expand("report/figures/figure{n}.pdf", n=FIGURES),
         models="report/tables/models.csv",
         results="report/tables/results.csv",
+        differences="report/tables/differences.csv",
         metas=generation_metas(),
         data=rules.prepare_bbq.input + list(rules.prepare_winogender.input),
     output:

@@ -15,6 +15,7 @@ rule score_bbq:
     output:
         per_item="results/scores/bbq_items.parquet",
         cells="results/scores/bbq_cells.parquet",
+        differences="results/scores/bbq_differences.parquet",
     params:
         study=study_params() | {"bootstrap": config.get("bootstrap", {})},
     log:

@@ -139,3 +139,14 @@ def test_notebooks_run_headless_on_the_run(workflow_run, name, tmp_path, monkeyp
             ours = mpimg.imread(tmp_path / f"figure{n}.png")
             theirs = mpimg.imread(work / "report" / "figures" / f"figure{n}.png")
             assert ours.shape == theirs.shape and np.array_equal(ours, theirs), f"figure {n} differs"
+
+
+def test_unloadable_model_stops_before_any_job(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg["models"] = {"ghost": {"path": str(tmp_path / "no-such-model")}}
+    configfile = tmp_path / "c.yaml"
+    configfile.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run(SNAKEMAKE + ["-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+                                       "--configfile", str(configfile)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "models.ghost.path" in proc.stdout + proc.stderr and "does not exist" in proc.stdout + proc.stderr

@@ -37,9 +37,8 @@ class Engine:
     batch_size: int = 16
     progress: bool = True
     stop_strings: tuple[str, ...] = ()
-    # Per-example KV cache of the last prompt (key -> (token ids, [(keys, values) per layer])). A later prompt of
-    # the same example that starts with those tokens (the next stage or round of its conversation) computes only
-    # its new tokens. None: off.
+    # KV cache of the last batch, keyed by its examples. When the same examples come back (the next stage or round
+    # of their conversations, whose prompts start with the previous ones), only the new tokens are computed. None: off.
     prefix_store: dict | None = None
 
     def reuse_prefixes(self, on: bool = True) -> None:
@@ -125,10 +124,8 @@ class Engine:
         import torch
 
         with torch.inference_mode():
-            logits, mask, positions, cache, width = self._prefill([r[0] for r in batch], [r[2] for r in batch])
+            logits, mask, positions, cache = self._prefill([r[0] for r in batch], [r[2] for r in batch])
             last = logits[:, -1]
-            if self.prefix_store is not None:
-                self._remember(batch, mask[:, :width], cache, width)
             scores = [None] * len(batch)
             if batch[0][1] is not None:
                 scores = self._score_on_cache(batch, last, mask, positions, cache)
@@ -138,62 +135,57 @@ class Engine:
         return list(zip(texts, scores))
 
     def _prefill(self, p_ids: list[list[int]], keys: list):
-        """Encode the prompts, reusing each example's stored prefix where the prompt starts with it.
+        """Encode the prompts; where this batch's examples were encoded together before, reuse that KV cache.
 
-        Row layout: [pad][reused prefix][pad][new tokens]; padding is masked out, positions count real tokens only.
+        The stored cache keeps its columns; each row masks out its stored tokens past the longest common prefix
+        with its new prompt and appends only the new tokens: [stored columns][pad][new tokens].
         """
         import torch
         from transformers import DynamicCache
 
-        reuse = [self._reusable(ids, k) for ids, k in zip(p_ids, keys)]
-        cache = DynamicCache(config=self.model.config)
-        if not any(reuse):
+        entry = self._stored(keys)
+        if entry is None:
             input_ids, mask = self._pad_left(p_ids)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits, cache = self._step(input_ids, mask, positions, cache, 1)
-            return logits, mask, positions, cache, input_ids.shape[1]
-        n_old = [len(r[0]) if r else 0 for r in reuse]
-        width_old = max(n_old)
-        layers = len(next(r for r in reuse if r)[1])
-        some = next(r for r in reuse if r)[1][0][0]
-        for layer in range(layers):
-            shape = (len(p_ids), some.shape[0], width_old, some.shape[-1])
-            k = torch.zeros(shape, dtype=some.dtype, device=some.device)
-            v = torch.zeros_like(k)
-            for j, r in enumerate(reuse):
-                if r:
-                    k[j, :, width_old - n_old[j]:] = r[1][layer][0]
-                    v[j, :, width_old - n_old[j]:] = r[1][layer][1]
-            cache.update(k.to(self.device), v.to(self.device), layer)
-        old_mask = torch.zeros((len(p_ids), width_old), dtype=torch.long)
-        for j, n in enumerate(n_old):
-            old_mask[j, width_old - n:] = 1
-        new_ids, new_mask = self._pad_left([ids[n:] for ids, n in zip(p_ids, n_old)])
-        mask = torch.cat([old_mask.to(self.device), new_mask], dim=1)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, width_old:]
-        logits, cache = self._step(new_ids, mask, positions, cache, 1)
-        return logits, mask, positions, cache, mask.shape[1]
+            logits, cache = self._step(input_ids, mask, positions, DynamicCache(config=self.model.config), 1)
+        else:
+            order, old_ids, old_mask, cache = entry
+            old_mask = old_mask.clone()
+            suffixes = []
+            for j, (ids, prev) in enumerate(zip(p_ids, old_ids)):
+                n = _common_prefix(prev, ids, len(ids) - 1)
+                cols = old_mask[j].nonzero().squeeze(-1)
+                old_mask[j, cols[n:]] = 0  # stale tokens of the previous prompt: masked, never attended
+                suffixes.append(ids[n:])
+            new_ids, new_mask = self._pad_left(suffixes)
+            mask = torch.cat([old_mask, new_mask], dim=1)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, old_mask.shape[1]:]
+            logits, cache = self._step(new_ids, mask, positions, cache, 1)
+        if self.prefix_store is not None and None not in keys:
+            self.prefix_store.clear()  # one batch of a chunk at a time: the memory the batch already needs
+            self.prefix_store[frozenset(keys)] = (list(keys), [list(i) for i in p_ids], mask, cache, mask.shape[1])
+        return logits, mask, positions, cache
 
-    def _reusable(self, ids: list[int], key):
-        """(stored ids, kv) trimmed to the longest stored prefix of ``ids`` (leaving one token to compute)."""
-        if self.prefix_store is None or key is None or key not in self.prefix_store:
-            return None
-        old_ids, kv = self.prefix_store[key]
-        n = 0
-        limit = min(len(old_ids), len(ids) - 1)
-        while n < limit and old_ids[n] == ids[n]:
-            n += 1
-        if n == 0:
-            return None
-        return old_ids[:n], [(k[:, :n], v[:, :n]) for k, v in kv]
+    def _stored(self, keys: list):
+        """(row order, previous ids, mask, cache cropped to the previous prompt) for this batch, or None."""
+        import torch
 
-    def _remember(self, batch, mask, cache, width):
-        for j, (ids, _, key) in enumerate(batch):
-            if key is None:
-                continue
-            cols = mask[j].nonzero().squeeze(-1)
-            kv = [(layer.keys[j, :, cols].clone(), layer.values[j, :, cols].clone()) for layer in cache.layers]
-            self.prefix_store[key] = (list(ids), kv)
+        if self.prefix_store is None or None in keys:
+            return None
+        entry = self.prefix_store.get(frozenset(keys))
+        if entry is None:
+            return None
+        old_keys, old_ids, mask, cache, width = entry
+        extra = cache.get_seq_length() - width
+        if extra:
+            cache.crop(-extra)  # drop the decoded tokens; the next prompt re-reads the answer as text
+        order = [old_keys.index(k) for k in keys]
+        if order != list(range(len(order))):
+            index = torch.tensor(order, device=mask.device)
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys[index], layer.values[index]
+            mask = mask[index]
+        return order, [old_ids[i] for i in order], mask, cache
 
     def _score_on_cache(self, batch, last, mask, positions, cache):
         """log P(option) for options that share all tokens but the last; the cache is left as found."""
@@ -297,6 +289,13 @@ class Engine:
         for (i, k, _, _), s in zip(rows, scores):
             out[i][k] = s
         return out
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    n, limit = 0, min(len(a), len(b), limit)
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def _last_token_differs(option_ids: list[list[int]]) -> bool:

@@ -146,3 +146,46 @@ def rho_cis(occupations: pd.DataFrame, rho: pd.DataFrame, n_resamples: int, conf
                             n_resamples, confidence, seed)
         extra.append({"ci_low": lo, "ci_high": hi})
     return pd.concat([rho.reset_index(drop=True), pd.DataFrame(extra)], axis=1)
+
+
+# Differences that carry the study's claims: does the instruction lower bias, does CoT add to it, ...
+CONDITION_PAIRS = [
+    ("instruction", "baseline"),
+    ("instruction_cot", "instruction"),
+    ("unethical", "baseline"),
+    ("negation", "affirmative"),
+    ("specificity_4", "specificity_1"),
+]
+_OUTCOMES = ("kept", "correct", "non_unknown", "biased")
+
+
+def condition_differences(items: pd.DataFrame, n_resamples: int, confidence: float, seed: int,
+                          pairs=CONDITION_PAIRS) -> pd.DataFrame:
+    """Bias score of condition A minus condition B on the same examples, with a paired-bootstrap CI.
+
+    Pooled over categories; an example is resampled together with its own answer under both conditions.
+    """
+    keys = ["model", "round", "answer_mode", "context_condition"]
+    rows = []
+    for key, g in items.groupby(keys, sort=True):
+        ambiguous = key[-1] == "ambig"
+        bias = _bias(ambiguous)
+        by_condition = {c: d.set_index("item_id") for c, d in g.groupby("condition")}
+        for a, b in pairs:
+            if a not in by_condition or b not in by_condition:
+                continue
+            common = by_condition[a].index.intersection(by_condition[b].index)
+            if len(common) < 2:
+                continue
+            arrays = tuple(by_condition[c].loc[common, o].to_numpy(bool).astype(float) for c in (a, b) for o in _OUTCOMES)
+
+            def diff(*arrs, axis=-1):
+                return bias(*arrs[:4], axis=axis) - bias(*arrs[4:], axis=axis)
+
+            lo, hi = _bootstrap(arrays, diff, n_resamples, confidence, seed)
+            rows.append(dict(zip(keys, key)) | {
+                "condition_a": a, "condition_b": b, "n_pairs": len(common),
+                "bias_a": float(bias(*arrays[:4])), "bias_b": float(bias(*arrays[4:])),
+                "difference": float(diff(*arrays)), "ci_low": lo, "ci_high": hi,
+            })
+    return pd.DataFrame(rows)

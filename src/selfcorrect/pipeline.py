@@ -138,15 +138,17 @@ def _concat(paths: list[str]) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
 
 
-def score_bbq(generations: list[str], examples: str, cfg: dict, items_out: str, cells_out: str) -> None:
+def score_bbq(generations: list[str], examples: str, cfg: dict, items_out: str, cells_out: str,
+              differences_out: str) -> None:
     from . import metrics
 
     items = metrics.bbq_items(_concat(generations), pd.read_parquet(examples))
     boot = cfg.get("bootstrap", {})
-    cells = metrics.bbq_cis(items, metrics.bbq_cells(items), int(boot.get("n_resamples", 1000)),
-                            float(boot.get("confidence", 0.95)), int(cfg.get("seed", 0)))
+    resamples, confidence, seed = int(boot.get("n_resamples", 1000)), float(boot.get("confidence", 0.95)), int(cfg.get("seed", 0))
+    cells = metrics.bbq_cis(items, metrics.bbq_cells(items), resamples, confidence, seed)
     write_parquet(items.drop(columns=["prompt"]), items_out)
     write_parquet(cells, cells_out)
+    write_parquet(metrics.condition_differences(items, resamples, confidence, seed), differences_out)
 
 
 def score_winogender(generations: list[str], examples: str, cfg: dict, items_out: str, occupations_out: str, rho_out: str) -> None:
@@ -172,12 +174,13 @@ def _metas(paths: list[str]) -> list[dict]:
     return [json.loads(Path(p).read_text()) for p in paths]
 
 
-def make_tables(cfg: dict, bbq_cells: str, rho: str | None, metas: list[str], out: dict) -> None:
+def make_tables(cfg: dict, bbq_cells: str, rho: str | None, differences: str, metas: list[str], out: dict) -> None:
     from .report import models_table, results_table, write_table
 
     cells = pd.read_parquet(bbq_cells)
     write_table(models_table(cfg, _metas(metas)), out["models_csv"], out["models_tex"])
     write_table(results_table(cells, _read_optional(rho) if rho else None), out["results_csv"], out["results_tex"])
+    write_table(pd.read_parquet(differences), out["differences_csv"], out["differences_tex"])
 
 
 def explanations_sample(items: pd.DataFrame, seed: int, n: int = 3) -> pd.DataFrame:

@@ -218,7 +218,8 @@ def figure8(bbq: pd.DataFrame, models: pd.DataFrame):
     fig, axes = _new(8, ncols=ncols, nrows=nrows, width=14, height=3.2 * nrows + 1)
     for ax, cond in zip(axes.flat, conds):
         m = d[d["condition"] == cond].pivot_table(index="model", columns="category", values="bias_score")
-        sns.heatmap(m, annot=True, fmt=".0f", cmap="RdBu_r", center=0, vmin=-100, vmax=100, cbar=False, ax=ax, annot_kws={"fontsize": 7})
+        sns.heatmap(m, annot=True, fmt=".0f", cmap="RdBu_r", center=0, vmin=-100, vmax=100, cbar=False, ax=ax,
+                    annot_kws={"fontsize": 7}, xticklabels=True, yticklabels=True)
         ax.set(title=cond, xlabel="", ylabel="")
         ax.tick_params(axis="x", rotation=45, labelsize=7)
     for ax in list(axes.flat)[len(conds):]:

@@ -19,8 +19,24 @@ def check_study(config: dict, registry: Registry) -> None:
         if not registry.conditions_for(bench, config["conditions"]):
             raise ConfigError(f"config key `conditions`: none of {config['conditions']} is defined for benchmark {bench!r}")
     for name, m in config["models"].items():
+        check_model_source(name, m)
         if m.get("trust_remote_code") and not str(m.get("revision") or "").strip():
             raise ConfigError(f"model {name!r}: trust_remote_code needs a pinned `revision` (the code it runs)")
+
+
+def check_model_source(name: str, m: dict) -> None:
+    """Catch what can be caught without loading: a missing local directory or PyPI-shipped model."""
+    from pathlib import Path
+
+    from .models import ModelLoadError, ModelSpec, resolve_path
+
+    path = str(m["path"])
+    try:
+        resolve_path(ModelSpec.from_config(name, m))
+    except ModelLoadError as err:
+        raise ConfigError(f"config key `models.{name}.path`: {err}") from None
+    if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().exists():
+        raise ConfigError(f"config key `models.{name}.path`: local model directory {path!r} does not exist")
 
 
 def model_resources(config: dict) -> dict:
@@ -43,3 +59,33 @@ def model_resources(config: dict) -> dict:
         "gpu": get("gpus", 0),
         "slurm_partition": partition,
     }
+
+
+def check_schema(config: dict, schema_path) -> None:
+    """Validate ``config`` against the JSON schema with one short message per problem: key, value, what is allowed."""
+    import jsonschema
+    import yaml
+
+    with open(schema_path) as fh:
+        schema = yaml.safe_load(fh)
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = []
+    for err in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
+        key = ".".join(map(str, err.absolute_path)) or "(top level)"
+        if err.validator == "additionalProperties":
+            allowed = sorted(err.schema.get("properties", {}))
+            extra = sorted(set(err.instance) - set(allowed))
+            where = f"under `{key}`" if err.absolute_path else "at the top level"
+            problems.append(f"unknown config key(s) {extra} {where}; allowed: {allowed}")
+        elif err.validator == "enum":
+            problems.append(f"config key `{key}`: {err.instance!r} is not allowed; choose one of {err.validator_value}")
+        elif err.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+            problems.append(f"config key `{key}`: {err.instance!r} is out of range ({err.validator} {err.validator_value})")
+        elif err.validator == "type":
+            problems.append(f"config key `{key}`: {err.instance!r} should be of type {err.validator_value}")
+        elif err.validator == "required":
+            problems.append(f"config key `{key}`: {err.message}")
+        else:
+            problems.append(f"config key `{key}`: {err.message}")
+    if problems:
+        raise ConfigError("invalid configuration (see config/config.schema.yaml):\n  - " + "\n  - ".join(problems))
