@@ -48,7 +48,7 @@ rule figure:
         models="report/tables/models.csv",
     output:
         pdf="report/figures/figure{n}.pdf",
-        png=report("report/figures/figure{n}.png", caption="../report/figure{n}.rst", category="Figures"),
+        png=report("report/figures/figure{n}.png", caption="../report/figure.rst", category="Figures"),
     params:
         seed=config.get("seed", 0),
     wildcard_constraints:

@@ -35,8 +35,17 @@ def title(n: int) -> str:
 
 
 def _primary_mode(df: pd.DataFrame) -> str:
-    modes = set(df["answer_mode"])
+    """The paper's way (generate) where it scored anything, else logprob; the figure notes which."""
+    scored = df[df["bias_score"].notna()] if "bias_score" in df else df
+    modes = set(scored["answer_mode"]) or set(df["answer_mode"])
     return "generate" if "generate" in modes else sorted(modes)[0]
+
+
+def _log_x(ax, sub, x) -> None:
+    if len(sub) and (sub[x] > 0).all():
+        ax.set_xscale("log")
+    if sub.empty:
+        ax.text(0.5, 0.5, "no scored answers", ha="center", va="center", transform=ax.transAxes)
 
 
 def _with_size(df: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
@@ -71,11 +80,13 @@ def figure1(bbq: pd.DataFrame, models: pd.DataFrame):
     d = _with_size(bbq[(bbq["category"] == "All") & (bbq["round"] == 1) & (bbq["answer_mode"] == mode)
                        & bbq["condition"].isin(MAIN_CONDITIONS)], models)
     for ax, (ctx, label) in zip(axes[0], CONTEXTS.items()):
-        sub = d[d["context_condition"] == ctx].sort_values("params_b")
-        sns.lineplot(sub, x="params_b", y="bias_score", hue="condition", hue_order=MAIN_CONDITIONS, marker="o", ax=ax)
-        _errorbars(ax, sub, "params_b", "bias_score")
+        sub = d[(d["context_condition"] == ctx) & d["bias_score"].notna()].sort_values("params_b")
+        if len(sub):
+            sns.lineplot(sub, x="params_b", y="bias_score", hue="condition", hue_order=MAIN_CONDITIONS, marker="o", ax=ax)
+            _errorbars(ax, sub, "params_b", "bias_score")
+        _log_x(ax, sub, "params_b")
         ax.axhline(0, color="black", lw=0.6)
-        ax.set(xscale="log", xlabel="parameters (billions)", ylabel="bias score (-100..100)", title=f"{label} contexts")
+        ax.set(xlabel="parameters (billions)", ylabel="bias score (-100..100)", title=f"{label} contexts")
     _note(fig, f"answer mode: {mode}; bars: 95% bootstrap CI over examples")
     fig.tight_layout(rect=(0, 0.03, 1, 0.95))
     return fig
@@ -87,10 +98,13 @@ def figure2(rho: pd.DataFrame, models: pd.DataFrame):
     d = _with_size(rho[(rho["round"] == 1) & rho["condition"].isin(MAIN_CONDITIONS)], models).sort_values("params_b")
     if d.empty:
         return _empty(fig, "no Winogender results in this run")
-    sns.lineplot(d, x="params_b", y="rho", hue="condition", hue_order=MAIN_CONDITIONS, marker="o", ax=ax)
-    _errorbars(ax, d, "params_b", "rho")
+    d = d[d["rho"].notna()]
+    if len(d):
+        sns.lineplot(d, x="params_b", y="rho", hue="condition", hue_order=MAIN_CONDITIONS, marker="o", ax=ax)
+        _errorbars(ax, d, "params_b", "rho")
+    _log_x(ax, d, "params_b")
     ax.axhline(0, color="black", lw=0.6)
-    ax.set(xscale="log", xlabel="parameters (billions)", ylabel="Pearson rho with BLS % female", ylim=(-1, 1))
+    ax.set(xlabel="parameters (billions)", ylabel="Pearson rho with BLS % female", ylim=(-1, 1))
     _note(fig, "rho near 0: no reliance on occupational statistics; mode: logprob; bars: 95% bootstrap CI over occupations")
     fig.tight_layout(rect=(0, 0.03, 1, 0.95))
     return fig
