@@ -3,6 +3,7 @@ import re
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 # The library lives in src/; jobs (local, conda or cluster) inherit PYTHONPATH.
@@ -13,7 +14,13 @@ os.environ.setdefault("SELFCORRECT_ROOT", workflow.basedir)
 
 from selfcorrect.conditions import Registry  # noqa: E402
 from selfcorrect.data import load_sources  # noqa: E402
-from selfcorrect.settings import check_schema, check_study, model_resources  # noqa: E402
+from selfcorrect.settings import (  # noqa: E402
+    check_mirror,
+    check_schema,
+    check_study,
+    gated_without_token,
+    model_resources,
+)
 
 SCHEMA = Path(workflow.basedir) / "config" / "config.schema.yaml"
 check_schema(config, SCHEMA)  # one line per problem: key, bad value, what is allowed
@@ -22,6 +29,18 @@ REGISTRY = Registry.load()
 check_study(config, REGISTRY)  # unknown condition, bad combination: stop before any job
 
 SOURCES = load_sources()
+check_mirror(config, SOURCES)
+
+
+onstart:
+    # a real run (not a dry-run) of gated models needs a token before any job starts
+    gated = gated_without_token(config)
+    if gated:
+        raise WorkflowError(
+            f"models {gated} are gated on the Hugging Face hub: request access on their model pages, then run "
+            "`huggingface-cli login` or export HF_TOKEN=<token> and start again"
+        )
+
 MODELS = list(config["models"])
 BENCHMARKS = list(config["benchmarks"])
 

@@ -178,6 +178,10 @@ def figure6(bbq: pd.DataFrame, items: pd.DataFrame, condition: str = "instructio
     for ax, (metric, ctx) in zip(axes[0], [("bias_score", "ambig"), ("bias_score", "disambig"), ("accuracy", "ambig")]):
         sub = d[d["context_condition"] == ctx]
         sns.lineplot(sub, x="round", y=metric, hue="condition", style="model", marker="o", ax=ax, legend=ax is axes[0][0])
+        if metric == "bias_score":
+            _errorbars(ax, sub, "round", metric)
+        else:
+            _errorbars(ax, sub, "round", metric, "accuracy_ci_low", "accuracy_ci_high")
         ax.set(title=f"{metric.replace('_', ' ')} ({CONTEXTS[ctx]})", xticks=sorted(d["round"].unique()))
     if axes[0][0].get_legend():
         sns.move_legend(axes[0][0], "upper left", bbox_to_anchor=(0, -0.15), fontsize=6, ncol=3, title=None)

@@ -89,3 +89,41 @@ def check_schema(config: dict, schema_path) -> None:
             problems.append(f"config key `{key}`: {err.message}")
     if problems:
         raise ConfigError("invalid configuration (see config/config.schema.yaml):\n  - " + "\n  - ".join(problems))
+
+
+def check_mirror(config: dict, sources: dict) -> None:
+    """With a data mirror, every file the run needs must be in it; say which and how to narrow the run."""
+    from pathlib import Path
+
+    mirror = config.get("data_mirror")
+    if not mirror:
+        return
+    root = Path(mirror)
+    if not root.is_dir():
+        raise ConfigError(f"config key `data_mirror`: {mirror!r} is not a directory (expected a layout like ../shared/data)")
+    if "bbq" in config["benchmarks"]:
+        missing = [c for c in config["categories"] if not (root / "bbq" / "data" / f"{c}.jsonl").is_file()]
+        if missing:
+            have = sorted(p.stem for p in (root / "bbq" / "data").glob("*.jsonl"))
+            raise ConfigError(
+                f"BBQ categories {missing} are not in the data mirror ({root / 'bbq' / 'data'}: no "
+                f"{', '.join(m + '.jsonl' for m in missing)}). Narrow the run with the `categories:` config key, e.g. "
+                f"--config 'categories=[{','.join(have)}]', or drop data_mirror to download them."
+            )
+    if "winogender" in config["benchmarks"]:
+        for path in sources["winogender"]["files"]:
+            if not (root / "winogender" / path).is_file():
+                raise ConfigError(f"{root / 'winogender' / path} is not in the data mirror {mirror}")
+
+
+def gated_without_token(config: dict) -> list[str]:
+    """Gated models configured while no Hugging Face token is available to this process."""
+    import os
+    from pathlib import Path
+
+    if os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN"):
+        return []
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    if (home / "token").is_file():
+        return []
+    return [name for name, m in config["models"].items() if m.get("gated")]
