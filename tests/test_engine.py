@@ -112,3 +112,25 @@ def test_prefix_reuse_across_stages_and_rounds_changes_nothing_but_the_work(engi
     for a, b in zip(cold["option_logprobs"], warm["option_logprobs"]):
         assert list(a) == pytest.approx(list(b), abs=1e-4)
     assert warm_tokens < 0.6 * cold_tokens  # rounds 2-3 and the answer stages encode only their new tokens
+
+
+def test_reuse_holds_when_a_call_spans_several_batches(engine, monkeypatch):
+    monkeypatch.setattr(engine, "batch_size", 2)
+    keys = list(range(len(PROMPTS)))
+    longer = [p + " (c) Can't be determined.<|im_end|>\n<|im_start|>user\nAre you sure?<|im_end|>\n<|im_start|>assistant\nThe answer is"
+              for p in PROMPTS]
+    cold = engine.generate(longer, 4)
+    calls = []
+    real = engine._step
+    monkeypatch.setattr(engine, "_step", lambda ids, *a, **k: (calls.append(ids.numel()), real(ids, *a, **k))[1])
+    engine.reuse_prefixes(True)
+    try:
+        engine.generate(PROMPTS, 4, keys=keys)
+        calls.clear()
+        warm = engine.generate(longer, 4, keys=keys)
+    finally:
+        engine.reuse_prefixes(False)
+    assert warm == cold
+    new_tokens = sum(len(engine.tokenizer(l, add_special_tokens=False)["input_ids"]) -
+                     len(engine.tokenizer(p, add_special_tokens=False)["input_ids"]) for p, l in zip(PROMPTS, longer))
+    assert sum(calls) < new_tokens + 2 * 4 * len(PROMPTS)  # the new tokens (padded) and the decode steps only

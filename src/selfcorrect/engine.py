@@ -45,29 +45,30 @@ class Engine:
         self.prefix_store = {} if on else None
 
     # ------------------------------------------------------------ batching
-    def _run_batched(self, items: list, lengths: list[int], fn, desc: str) -> list:
+    def _run_batched(self, items: list, lengths: list[int], fn, desc: str, groups: list[list[int]] | None = None) -> list:
+        """``fn`` over batches of ``items``: the given ``groups``, else length-sorted slices of batch_size."""
         from tqdm.auto import tqdm
 
         out: list = [None] * len(items)
         order = sorted(range(len(items)), key=lambda i: -lengths[i])
+        pending = [g for g in groups] if groups else [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         bar = tqdm(total=len(items), desc=desc, disable=not self.progress, unit="seq", mininterval=2.0)
-        pos = 0
-        while pos < len(order):
-            idx = order[pos:pos + self.batch_size]
+        while pending:
+            idx = pending.pop(0)
             try:
                 results = fn([items[i] for i in idx])
             except RuntimeError as err:
-                if not _is_oom(err) or self.batch_size == 1:
+                if not _is_oom(err) or len(idx) == 1:
                     raise
                 import torch
 
                 torch.cuda.empty_cache()
-                self.batch_size = max(1, self.batch_size // 2)
+                self.batch_size = max(1, min(self.batch_size, len(idx)) // 2)
                 log.warning("out of memory: batch size halved to %d, retrying the batch", self.batch_size)
+                pending[:0] = [idx[i:i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
                 continue
             for i, r in zip(idx, results):
                 out[i] = r
-            pos += len(idx)
             bar.update(len(idx))
         bar.close()
         return out
@@ -104,7 +105,8 @@ class Engine:
             texts = self.answer(prompts, max_new_tokens, None, desc, keys)[0] if max_new_tokens else None
             return texts, self._sequence_scores(p_ids, o_ids, desc)
         rows = list(zip(p_ids, o_ids, keys if keys is not None else [None] * len(prompts)))
-        results = self._run_batched(rows, [len(p) for p in p_ids], lambda b: self._answer_batch(b, max_new_tokens), desc)
+        results = self._run_batched(rows, [len(p) for p in p_ids], lambda b: self._answer_batch(b, max_new_tokens), desc,
+                                    groups=self._stored_groups(keys))
         texts = [r[0] for r in results] if max_new_tokens else None
         scores = [r[1] for r in results] if options else None
         return texts, scores
@@ -162,9 +164,20 @@ class Engine:
             positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, old_mask.shape[1]:]
             logits, cache = self._step(new_ids, mask, positions, cache, 1)
         if self.prefix_store is not None and None not in keys:
-            self.prefix_store.clear()  # one batch of a chunk at a time: the memory the batch already needs
             self.prefix_store[frozenset(keys)] = (list(keys), [list(i) for i in p_ids], mask, cache, mask.shape[1])
         return logits, mask, positions, cache
+
+    def _stored_groups(self, keys: list | None) -> list[list[int]] | None:
+        """Batch the rows as they were batched last time, so that each batch finds its stored cache."""
+        if not self.prefix_store or keys is None or None in keys:
+            return None
+        where = {k: n for n, key_set in enumerate(self.prefix_store) for k in key_set}
+        if any(k not in where for k in keys):
+            return None
+        groups: dict[int, list[int]] = {}
+        for i, k in enumerate(keys):
+            groups.setdefault(where[k], []).append(i)
+        return list(groups.values())
 
     def _stored(self, keys: list):
         """(row order, previous ids, mask, cache cropped to the previous prompt) for this batch, or None."""
@@ -172,7 +185,7 @@ class Engine:
 
         if self.prefix_store is None or None in keys:
             return None
-        entry = self.prefix_store.get(frozenset(keys))
+        entry = self.prefix_store.pop(frozenset(keys), None)  # replaced by this batch's cache after the prefill
         if entry is None:
             return None
         old_keys, old_ids, mask, cache, width = entry
