@@ -42,7 +42,8 @@ cells.head()
 for n in range(1, 9):
     make_figure(n, str(scores / "bbq_cells.parquet"), str(scores / "bbq_items.parquet"),
                 str(rho) if rho.exists() else None, str(RUN / "report" / "tables" / "models.csv"), seed=1234,
-                pdf_out=str(OUT / f"figure{n}.pdf"), png_out=str(OUT / f"figure{n}.png"))
+                pdf_out=str(OUT / f"figure{n}.pdf"), png_out=str(OUT / f"figure{n}.png"),
+                differences=str(scores / "bbq_differences.parquet"))
     print(plotting.title(n), "->", OUT / f"figure{n}.png")
 
 # %% [markdown]

@@ -45,6 +45,7 @@ rule figure:
         unpack(lambda wc: winogender_rho()),
         cells="results/scores/bbq_cells.parquet",
         per_item="results/scores/bbq_items.parquet",
+        differences="results/scores/bbq_differences.parquet",
         models="report/tables/models.csv",
     output:
         pdf="report/figures/figure{n}.pdf",

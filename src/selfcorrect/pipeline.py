@@ -190,7 +190,7 @@ def explanations_sample(items: pd.DataFrame, seed: int, n: int = 3) -> pd.DataFr
 
 
 def make_figure(number: int, bbq_cells: str, bbq_items: str, rho: str | None, models_csv: str, seed: int,
-                pdf_out: str, png_out: str) -> None:
+                pdf_out: str, png_out: str, differences: str | None = None) -> None:
     from . import plotting
     from .report import save_figure
 
@@ -199,7 +199,8 @@ def make_figure(number: int, bbq_cells: str, bbq_items: str, rho: str | None, mo
         fig = plotting.figure2(_read_optional(rho), models)
     elif number in (6, 7):
         items = pd.read_parquet(bbq_items)
-        fig = plotting.figure6(cells, items) if number == 6 else plotting.figure7(cells, explanations_sample(items, seed))
+        diffs = pd.read_parquet(differences) if differences else None
+        fig = plotting.figure6(cells, items) if number == 6 else plotting.figure7(cells, explanations_sample(items, seed), diffs)
     else:
         fig = getattr(plotting, f"figure{number}")(cells, models)
     save_figure(fig, pdf_out, png_out)

@@ -197,24 +197,28 @@ def figure6(bbq: pd.DataFrame, items: pd.DataFrame, condition: str = "instructio
     return fig
 
 
-def figure7(bbq: pd.DataFrame, explanations: pd.DataFrame, n_samples: int = 3):
+def figure7(bbq: pd.DataFrame, explanations: pd.DataFrame, differences: pd.DataFrame | None = None, n_samples: int = 3):
     fig, axes = _new(7, ncols=2, nrows=1, height=8.5)
     mode = _primary_mode(bbq)
-    d = bbq[(bbq["category"] == "All") & (bbq["round"] == 1) & (bbq["answer_mode"] == mode)
-            & bbq["condition"].isin(["instruction", "instruction_cot"])]
+    ax = axes[0][0]
+    d = differences if differences is not None else pd.DataFrame()
+    if len(d):
+        d = d[(d["condition_a"] == "instruction_cot") & (d["condition_b"] == "instruction") & (d["round"] == 1)
+              & (d["answer_mode"] == mode)]
     if d.empty:
-        return _empty(fig, "instruction / instruction_cot were not run")
-    pivot = d.pivot_table(index=["model", "context_condition"], columns="condition", values="bias_score").reset_index()
-    if {"instruction", "instruction_cot"} <= set(pivot.columns):
-        pivot["cot_effect"] = pivot["instruction_cot"] - pivot["instruction"]
-        sns.barplot(pivot, x="model", y="cot_effect", hue="context_condition", ax=axes[0][0], errorbar=None)
-    axes[0][0].axhline(0, color="black", lw=0.6)
-    axes[0][0].set(ylabel="bias score: CoT − instruction", title="CoT effect (negative: CoT reduces bias)")
+        ax.text(0.5, 0.5, "instruction / instruction_cot were not both run", ha="center", va="center", transform=ax.transAxes)
+    else:
+        sns.barplot(d, x="model", y="difference", hue="context_condition", ax=ax, errorbar=None)
+        for patch, (_, row) in zip(ax.patches, d.sort_values(["context_condition", "model"]).iterrows()):
+            if pd.notna(row["ci_low"]):
+                xm = patch.get_x() + patch.get_width() / 2
+                ax.plot([xm, xm], [row["ci_low"], row["ci_high"]], color="black", lw=0.8)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set(ylabel="bias score: CoT − instruction", title="CoT effect (negative: CoT reduces bias)")
     ax = axes[0][1]
     ax.axis("off")
-    sample = explanations.head(n_samples)
     lines = []
-    for _, r in sample.iterrows():
+    for _, r in explanations.head(n_samples).iterrows():
         lines.append(f"[{r['model']} | {r['item_id']} | {r['context_condition']}]")
         lines += textwrap.wrap("Q: " + str(r["question"]), 70)
         lines += textwrap.wrap("CoT: " + " ".join(str(r["reasoning"]).split())[:420], 70)
@@ -222,7 +226,7 @@ def figure7(bbq: pd.DataFrame, explanations: pd.DataFrame, n_samples: int = 3):
         lines.append("")
     ax.text(0, 1, "\n".join(lines) or "no CoT explanations", va="top", family="monospace", fontsize=6.5)
     ax.set_title("Sampled explanations (verbatim, seeded sample)")
-    _note(fig, f"answer mode: {mode}")
+    _note(fig, f"answer mode: {mode}; bars: paired-bootstrap 95% CI of the difference on the same examples")
     fig.tight_layout(rect=(0, 0.03, 1, 0.95))
     return fig
 
@@ -235,7 +239,7 @@ def figure8(bbq: pd.DataFrame, models: pd.DataFrame):
     nrows = max(1, -(-len(conds) // ncols))
     fig, axes = _new(8, ncols=ncols, nrows=nrows, width=14, height=3.2 * nrows + 1)
     for ax, cond in zip(axes.flat, conds):
-        m = d[d["condition"] == cond].pivot_table(index="model", columns="category", values="bias_score")
+        m = d[d["condition"] == cond].pivot_table(index="model", columns="category", values="bias_score", dropna=False)
         sns.heatmap(m, annot=True, fmt=".0f", cmap="RdBu_r", center=0, vmin=-100, vmax=100, cbar=False, ax=ax,
                     annot_kws={"fontsize": 7}, xticklabels=True, yticklabels=True)
         ax.set(title=cond, xlabel="", ylabel="")
