@@ -73,12 +73,6 @@ class Engine:
         bar.close()
         return out
 
-    def _encode(self, texts: list[str]):
-        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-
-    def token_lengths(self, texts: list[str]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
     # ------------------------------------------------------------ generation
     @property
     def eos_ids(self) -> set[int]:

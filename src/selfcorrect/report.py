@@ -16,7 +16,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
-from . import plotting  # noqa: E402
 from .conditions import Registry  # noqa: E402
 from .io import atomic_path, sha256_file, short_hash, write_csv, write_text  # noqa: E402
 
