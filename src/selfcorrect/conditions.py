@@ -6,12 +6,14 @@ data (turns plus the text the assistant turn starts with), rendered to a string 
 
 from __future__ import annotations
 
+import json
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from .io import short_hash
 from .paths import CONDITIONS_FILE
 
 BENCHMARKS = ("bbq", "winogender")
@@ -96,6 +98,10 @@ class Registry:
         keep = {k: v for k, v in self.data.items() if k != "conditions"}
         keep["conditions"] = {n: self.condition(n) for n in names}
         return keep
+
+    def texts_hash(self, names: list[str]) -> str:
+        """Hash of :meth:`texts`: changes whenever any text these conditions send changes."""
+        return short_hash(json.dumps(self.texts(names), sort_keys=True))
 
     # ------------------------------------------------------------ validation
     def validate(self) -> None:

@@ -51,7 +51,7 @@ class Engine:
 
         out: list = [None] * len(items)
         order = sorted(range(len(items)), key=lambda i: -lengths[i])
-        pending = [g for g in groups] if groups else [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        pending = list(groups) if groups else [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         bar = tqdm(total=len(items), desc=desc, disable=not self.progress, unit="seq", mininterval=2.0)
         while pending:
             idx = pending.pop(0)
@@ -266,12 +266,7 @@ class Engine:
         same prompt tokens. Where the options share all tokens but their last (" (a"/" (b"/" (c",
         " he"/" she"/" they"), one forward pass per prompt scores them all; otherwise one row per option.
         """
-        tok = self.tokenizer
-        p_ids = tok(prompts, add_special_tokens=False)["input_ids"]
-        o_ids = [tok(list(opts), add_special_tokens=False)["input_ids"] for opts in options]
-        if all(_last_token_differs(o) for o in o_ids):
-            return self.answer(prompts, None, options, desc)[1]
-        return self._sequence_scores(p_ids, o_ids, desc)
+        return self.answer(prompts, None, options, desc)[1]
 
     def _sequence_scores(self, p_ids, o_ids, desc):
         import torch

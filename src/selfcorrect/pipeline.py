@@ -19,10 +19,6 @@ from .study import JobInfo, Settings, annotate, item_ids, job_key, run_rounds, r
 log = logging.getLogger(__name__)
 
 
-def registry_hash(registry: Registry, conditions: list[str]) -> str:
-    return short_hash(json.dumps(registry.texts(conditions), sort_keys=True))
-
-
 # ---------------------------------------------------------------- data
 
 def prepare_bbq(jsonl_paths: list[str], out: str) -> None:
@@ -109,7 +105,7 @@ def generate(
     engine = Engine(model, tok, device, batch_size=int(gcfg.get("batch_size", 16)), stop_strings=stop)
     engine.reuse_prefixes(settings.prefix_reuse)
     info = JobInfo(name, spec.revision, backend, fmt, device, benchmark, condition)
-    key = job_key(examples, benchmark, settings, info, registry_hash(registry, [condition]))
+    key = job_key(examples, benchmark, settings, info, registry.texts_hash([condition]))
 
     def run(chunk: pd.DataFrame) -> pd.DataFrame:
         render_fn = lambda c: render(c, fmt, dialogue, tok, spec.system_prompt)  # noqa: E731

@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
 from .conditions import Registry  # noqa: E402
-from .io import atomic_path, sha256_file, short_hash, write_csv, write_text  # noqa: E402
+from .io import atomic_path, sha256_file, write_csv, write_text  # noqa: E402
 
 PACKAGES = ["selfcorrect", "torch", "transformers", "snakemake", "pandas", "numpy", "scipy", "seaborn", "matplotlib", "pyarrow", "gguf"]
 RECONSTRUCTED = (
@@ -83,7 +83,7 @@ def _hardware(metas: list[dict]) -> str:
 
 def methods_text(config: dict, metas: list[dict], data_files: list[str], sources: dict, registry: Registry) -> str:
     texts = registry.texts(config["conditions"])
-    prompt_hash = short_hash(json.dumps(texts, sort_keys=True))
+    prompt_hash = registry.texts_hash(config["conditions"])
     wall = sum(float(m.get("wall_seconds", 0)) for m in metas)
     lines = ["Methods", "", "Data"]
     for bench in config["benchmarks"]:
