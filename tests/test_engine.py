@@ -134,3 +134,60 @@ def test_reuse_holds_when_a_call_spans_several_batches(engine, monkeypatch):
     new_tokens = sum(len(engine.tokenizer(l, add_special_tokens=False)["input_ids"]) -
                      len(engine.tokenizer(p, add_special_tokens=False)["input_ids"]) for p, l in zip(PROMPTS, longer))
     assert sum(calls) < new_tokens + 2 * 4 * len(PROMPTS)  # the new tokens (padded) and the decode steps only
+
+
+def _rebuild(levels, row):
+    """A sequence back from its prefix-tree levels: its leaf segment, preceded by every node above it."""
+    segments, node = [levels[-1][0][row]], levels[-1][1][row]
+    for level_segments, parents in reversed(levels[:-1]):
+        segments.insert(0, level_segments[node])
+        node = parents[node] if parents is not None else None
+    return sum(segments, [])
+
+
+def test_prefix_levels_partition_every_sequence_and_encode_shared_prefixes_once():
+    import random
+
+    from selfcorrect.engine import prefix_levels
+
+    rng = random.Random(3)
+    system = [rng.randrange(50) for _ in range(12)]
+    contexts = [[rng.randrange(50) for _ in range(rng.randrange(9, 20))] for _ in range(3)]
+    seqs = [system + c + extra + [rng.randrange(50) for _ in range(rng.randrange(1, 6))]
+            for c in contexts for extra in ([], [7, 7, 7, 7, 7, 7, 7, 7, 7]) for _ in range(2)]
+    seqs += [[1, 2, 3], system + [9]]  # one sharing nothing, one sharing the system prompt only
+    levels = prefix_levels(seqs, min_shared=8)
+    assert [_rebuild(levels, r) for r in range(len(seqs))] == seqs
+    assert len(levels[-1][0]) == len(seqs)  # one leaf per sequence, in order
+    assert levels[0][0].count(system) == 1  # the system prompt is encoded once for the whole batch
+    encoded = sum(len(s) for segments, _ in levels for s in segments)
+    assert encoded < 0.5 * sum(map(len, seqs))
+    assert prefix_levels([[1, 2, 3], [4, 5, 6]]) is None  # nothing shared: one plain prefill
+
+
+def test_shared_prefix_prefill_changes_nothing_but_the_work(engine, bbq_paths, monkeypatch):
+    from selfcorrect import data
+    from selfcorrect.conditions import Registry
+    from selfcorrect.formats import render
+
+    registry = Registry.load()
+    df = data.load_bbq(bbq_paths[:1])
+    groups = df[df["example_id"] // 4 < 2]  # two contexts, each with its four questions (as the full study runs them)
+    prompts = [render(registry.conversation("instruction", "bbq", ex, []), "chat", registry.data["dialogue"], engine.tokenizer)
+               for ex in groups.to_dict("records")] + PROMPTS[:2]
+    options = [[" (a", " (b", " (c"]] * len(prompts)
+    monkeypatch.setattr(engine, "batch_size", len(prompts))
+    calls = []
+    real = engine._step
+    monkeypatch.setattr(engine, "_step", lambda ids, mask, *a, **k: (calls.append(int(mask[:, -ids.shape[1]:].sum())), real(ids, mask, *a, **k))[1])
+    runs = {}
+    for share in (False, True):
+        monkeypatch.setattr(engine, "share_prefixes", share)
+        calls.clear()
+        runs[share] = engine.answer(prompts, 6, options), sum(calls)
+    (plain_texts, plain_scores), plain_tokens = runs[False]
+    (shared_texts, shared_scores), shared_tokens = runs[True]
+    assert shared_texts == plain_texts == [naive(engine, p, 6) for p in prompts]
+    for a, b in zip(shared_scores, plain_scores):
+        assert a == pytest.approx(b, abs=1e-4)
+    assert shared_tokens < 0.8 * plain_tokens

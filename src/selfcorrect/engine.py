@@ -6,8 +6,10 @@ batch ends where the model continues. A CUDA out-of-memory error halves the batc
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,17 +42,22 @@ class Engine:
     # KV cache of the last batch, keyed by its examples. When the same examples come back (the next stage or round
     # of their conversations, whose prompts start with the previous ones), only the new tokens are computed. None: off.
     prefix_store: dict | None = None
+    # Prompts of one batch that start alike (the four questions of one BBQ context, the pronoun variants of one
+    # Winogender sentence, one system prompt for all) have their shared prefix encoded once: a radix tree of the
+    # batch is prefilled level by level, each level's KV cache gathered to the rows below it.
+    share_prefixes: bool = True
+    min_shared: int = 8
 
     def reuse_prefixes(self, on: bool = True) -> None:
         self.prefix_store = {} if on else None
 
     # ------------------------------------------------------------ batching
-    def _run_batched(self, items: list, lengths: list[int], fn, desc: str, groups: list[list[int]] | None = None) -> list:
-        """``fn`` over batches of ``items``: the given ``groups``, else length-sorted slices of batch_size."""
+    def _run_batched(self, items: list, sort_keys: list, fn, desc: str, groups: list[list[int]] | None = None) -> list:
+        """``fn`` over batches of ``items``: the given ``groups``, else slices of batch_size in ``sort_keys`` order."""
         from tqdm.auto import tqdm
 
         out: list = [None] * len(items)
-        order = sorted(range(len(items)), key=lambda i: -lengths[i])
+        order = sorted(range(len(items)), key=lambda i: sort_keys[i])
         pending = list(groups) if groups else [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         bar = tqdm(total=len(items), desc=desc, disable=not self.progress, unit="seq", mininterval=2.0)
         while pending:
@@ -99,11 +106,15 @@ class Engine:
             texts = self.answer(prompts, max_new_tokens, None, desc, keys)[0] if max_new_tokens else None
             return texts, self._sequence_scores(p_ids, o_ids, desc)
         rows = list(zip(p_ids, o_ids, keys if keys is not None else [None] * len(prompts)))
-        results = self._run_batched(rows, [len(p) for p in p_ids], lambda b: self._answer_batch(b, max_new_tokens), desc,
+        results = self._run_batched(rows, self._batch_order(p_ids), lambda b: self._answer_batch(b, max_new_tokens), desc,
                                     groups=self._stored_groups(keys))
         texts = [r[0] for r in results] if max_new_tokens else None
         scores = [r[1] for r in results] if options else None
         return texts, scores
+
+    def _batch_order(self, p_ids: list[list[int]]) -> list:
+        """Sort keys: token order puts prompts with shared prefixes in one batch; else longest first, to pad little."""
+        return [tuple(p) for p in p_ids] if self.share_prefixes else [-len(p) for p in p_ids]
 
     def _step(self, input_ids, mask, positions, cache, keep: int):
         """One forward pass that appends to ``cache`` in place (transformers renamed the argument in 5.x)."""
@@ -114,7 +125,14 @@ class Engine:
             self._cache_arg = "cache" if "cache" in params else "past_key_values"
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          logits_to_keep=keep, **{self._cache_arg: cache})
+        # real (unpadded) tokens run through the model, kept on the device so that counting costs no sync
+        self._processed = mask[:, -input_ids.shape[1]:].sum() + getattr(self, "_processed", 0)
         return out.logits.float(), cache
+
+    @property
+    def tokens_processed(self) -> int:
+        """Tokens the model has encoded or decoded so far, padding not counted (shared prefixes count once)."""
+        return int(getattr(self, "_processed", 0))
 
     def _answer_batch(self, batch, max_new_tokens):
         import torch
@@ -137,13 +155,19 @@ class Engine:
         with its new prompt and appends only the new tokens: [stored columns][pad][new tokens].
         """
         import torch
-        from transformers import DynamicCache
 
         entry = self._stored(keys)
         if entry is None:
-            input_ids, mask = self._pad_left(p_ids)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits, cache = self._step(input_ids, mask, positions, DynamicCache(config=self.model.config), 1)
+            levels = prefix_levels(p_ids, self.min_shared) if self.share_prefixes else None
+            cache, mask = new_cache(self.model.config), None
+            for segments, parents in levels or [(p_ids, None)]:
+                if parents is not None:
+                    _gather_rows(cache, torch.tensor(parents, device=self.device))
+                    mask = mask[torch.tensor(parents, device=mask.device)]
+                input_ids, new_mask = self._pad_left(segments)
+                mask = new_mask if mask is None else torch.cat([mask, new_mask], dim=1)
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1] - new_mask.shape[1]:]
+                logits, cache = self._step(input_ids, mask, positions, cache, 1)
         else:
             order, old_ids, old_mask, cache = entry
             old_mask = old_mask.clone()
@@ -189,8 +213,7 @@ class Engine:
         order = [old_keys.index(k) for k in keys]
         if order != list(range(len(order))):
             index = torch.tensor(order, device=mask.device)
-            for layer in cache.layers:
-                layer.keys, layer.values = layer.keys[index], layer.values[index]
+            _gather_rows(cache, index)
             mask = mask[index]
         return order, [old_ids[i] for i in order], mask, cache
 
@@ -286,11 +309,122 @@ class Engine:
                 res.append(sum(float(logp[j, keep - 1 - n + t, input_ids[j, width - n + t]]) for t in range(n)))
             return res
 
-        scores = self._run_batched(rows, [len(r[2]) + len(r[3]) for r in rows], run, desc)
+        scores = self._run_batched(rows, [-len(r[2]) - len(r[3]) for r in rows], run, desc)
         out = [[math.nan] * len(o) for o in o_ids]
         for (i, k, _, _), s in zip(rows, scores):
             out[i][k] = s
         return out
+
+
+def new_cache(config):
+    """A DynamicCache whose full-attention layers append in place (see ``_growing_layer``)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache(config=config)
+    cache.layers = [_growing_layer()() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+@functools.cache
+def _growing_layer():
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """Keys and values live in a buffer with room to spare, so that a decode step writes its token in place.
+
+        DynamicLayer concatenates, i.e. re-allocates and copies the whole cache at every step of every layer; on
+        CPU that costs as much as the step's matrix products. ``keys``/``values`` stay views of the valid part, so
+        cropping, row gathering (which leaves the buffer) and transformers' own length checks work unchanged.
+        """
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            old = self.keys.shape[-2] if self.keys.numel() else 0
+            new = old + key_states.shape[-2]
+            buf = getattr(self, "_buffers", None)
+            if buf is None or buf[0].shape[-2] < new or not _views_of(self.keys, buf[0]) or not _views_of(self.values, buf[1]):
+                room = new + max(128, new // 4)
+                buf = tuple(key_states.new_empty((*s.shape[:-2], room, s.shape[-1])) for s in (key_states, value_states))
+                if old:
+                    buf[0][..., :old, :] = self.keys
+                    buf[1][..., :old, :] = self.values
+                self._buffers = buf
+            buf[0][..., old:new, :] = key_states
+            buf[1][..., old:new, :] = value_states
+            self.keys, self.values = buf[0][..., :new, :], buf[1][..., :new, :]
+            return self.keys, self.values
+
+    return GrowingLayer
+
+
+def _views_of(tensor, buffer) -> bool:
+    return tensor.numel() == 0 or (tensor.data_ptr() == buffer.data_ptr() and tensor.shape[:-2] == buffer.shape[:-2])
+
+
+def _gather_rows(cache, index) -> None:
+    """Select (and repeat) batch rows of a KV cache in place."""
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys[index], layer.values[index]
+
+
+def _prefix_cuts(seqs: list[list[int]], min_shared: int, max_depth: int) -> list[list[int]]:
+    """Per sequence, the positions where its shared prefixes end (a radix tree of the batch, at most ``max_depth``
+    levels, nodes of at least ``min_shared`` tokens). Every sequence keeps at least its last token to itself."""
+    cuts: list[list[int]] = [[] for _ in seqs]
+
+    def split(rows: list[int], start: int, depth: int) -> None:
+        if len(rows) < 2 or depth >= max_depth:
+            return
+        limit = min(len(seqs[r]) for r in rows) - 1
+        end = start + len(os.path.commonprefix([seqs[r][start:limit] for r in rows]))
+        if end - start >= min_shared:
+            for r in rows:
+                cuts[r].append(end)
+            start, depth = end, depth + 1
+        branches: dict[int, list[int]] = {}
+        for r in rows:
+            branches.setdefault(seqs[r][end], []).append(r)
+        if len(branches) > 1:
+            for branch in branches.values():
+                split(branch, start, depth)
+
+    split(list(range(len(seqs))), 0, 0)
+    return cuts
+
+
+def prefix_levels(seqs: list[list[int]], min_shared: int = 8, max_depth: int = 3, min_saving: float = 0.1):
+    """The batch as levels of a prefix tree: [(segments, parent index per segment or None), ...], or None.
+
+    Level 0 holds the distinct shared prefixes; each further level holds the distinct continuations of the nodes
+    above it (an empty segment where a sequence has no node at that level); the last level has one segment per
+    sequence, in order. Concatenating a sequence's segments down the tree gives the sequence back. None when the
+    tree would save less than ``min_saving`` of the tokens (one plain prefill is then cheaper).
+    """
+    cuts = _prefix_cuts(seqs, min_shared, max_depth)
+    depth = max(map(len, cuts), default=0)
+    if depth == 0:
+        return None
+    ends = [c + [c[-1] if c else 0] * (depth - len(c)) for c in cuts]
+    levels, node_of = [], [None] * len(seqs)
+    for level in range(depth):
+        index: dict = {}
+        segments, parents = [], []
+        for r, seq in enumerate(seqs):
+            start = ends[r][level - 1] if level else 0
+            key = (node_of[r], tuple(seq[start:ends[r][level]]))
+            if key not in index:
+                index[key] = len(segments)
+                segments.append(list(key[1]))
+                parents.append(node_of[r])
+            node_of[r] = index[key]
+        levels.append((segments, parents if level else None))
+    levels.append(([seq[e[-1]:] for seq, e in zip(seqs, ends)], list(node_of)))
+    encoded = sum(len(s) for segments, _ in levels for s in segments)
+    if encoded > (1 - min_saving) * sum(map(len, seqs)):
+        return None
+    return levels
 
 
 def _common_prefix(a: list[int], b: list[int], limit: int) -> int:

@@ -84,8 +84,7 @@ def run_rounds(
     if engine.prefix_store is None:
         return _rounds_of(engine, registry, render, benchmark, condition, exs, ids, settings)
     size = engine.batch_size
-    # similar lengths together, so that each batch of the whole conversation pads little
-    order = sorted(range(len(exs)), key=lambda i: -len(json.dumps(exs[i], default=str)))
+    order = sorted(range(len(exs)), key=_batch_order(engine, registry, render, benchmark, condition, exs))
     parts = []
     for start in range(0, len(order), size):
         idx = order[start:start + size]
@@ -96,6 +95,16 @@ def run_rounds(
     out = pd.concat(parts, ignore_index=True)
     out["_rank"] = out["item_id"].map(rank)
     return out.sort_values(["round", "_rank"]).drop(columns="_rank").reset_index(drop=True)
+
+
+def _batch_order(engine, registry, render, benchmark, condition, exs: list[dict]) -> Callable[[int], object]:
+    """Examples whose first prompts share prefixes go into one batch (the engine encodes those once); without
+    prefix sharing, similar lengths go together so that each batch of the whole conversation pads little."""
+    if not getattr(engine, "share_prefixes", False):
+        return lambda i: -len(json.dumps(exs[i], default=str))
+    stage = "reasoning" if registry.condition(condition).get("cot", False) else "answer"
+    first = [render(registry.conversation(condition, benchmark, ex, [], stage=stage)) for ex in exs]
+    return lambda i: first[i]
 
 
 def _rounds_of(engine, registry, render, benchmark, condition, exs: list[dict], ids: list[str], settings: Settings) -> pd.DataFrame:
