@@ -138,7 +138,9 @@ class Engine:
         import torch
 
         with torch.inference_mode():
-            logits, mask, positions, cache = self._prefill([r[0] for r in batch], [r[2] for r in batch])
+            # room for the tokens this batch will append: option scoring's shared tokens, then the decoded ones
+            room = (max_new_tokens or 0) + (len(batch[0][1][0]) if batch[0][1] is not None else 0)
+            logits, mask, positions, cache = self._prefill([r[0] for r in batch], [r[2] for r in batch], room)
             last = logits[:, -1]
             scores = [None] * len(batch)
             if batch[0][1] is not None:
@@ -148,7 +150,7 @@ class Engine:
                 texts = self._greedy(last, mask, positions[:, -1:], cache, max_new_tokens)
         return list(zip(texts, scores))
 
-    def _prefill(self, p_ids: list[list[int]], keys: list):
+    def _prefill(self, p_ids: list[list[int]], keys: list, room: int = 0):
         """Encode the prompts; where this batch's examples were encoded together before, reuse that KV cache.
 
         The stored cache keeps its columns; each row masks out its stored tokens past the longest common prefix
@@ -159,7 +161,7 @@ class Engine:
         entry = self._stored(keys)
         if entry is None:
             levels = prefix_levels(p_ids, self.min_shared) if self.share_prefixes else None
-            cache, mask = new_cache(self.model.config), None
+            cache, mask = new_cache(self.model.config, room), None
             for segments, parents in levels or [(p_ids, None)]:
                 if parents is not None:
                     _gather_rows(cache, torch.tensor(parents, device=self.device))
@@ -180,6 +182,8 @@ class Engine:
             new_ids, new_mask = self._pad_left(suffixes)
             mask = torch.cat([old_mask, new_mask], dim=1)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, old_mask.shape[1]:]
+            for layer in cache.layers:
+                layer.room = room
             logits, cache = self._step(new_ids, mask, positions, cache, 1)
         if self.prefix_store is not None and None not in keys:
             self.prefix_store[frozenset(keys)] = (list(keys), [list(i) for i in p_ids], mask, cache, mask.shape[1])
@@ -316,13 +320,16 @@ class Engine:
         return out
 
 
-def new_cache(config):
-    """A DynamicCache whose full-attention layers append in place (see ``_growing_layer``)."""
+def new_cache(config, room: int = 0):
+    """A DynamicCache whose full-attention layers append in place (see ``_growing_layer``), with ``room`` free
+    columns reserved after the prompt (more are added when needed)."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
     cache = DynamicCache(config=config)
     cache.layers = [_growing_layer()() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    for layer in cache.layers:
+        layer.room = room
     return cache
 
 
@@ -344,8 +351,10 @@ def _growing_layer():
             old = self.keys.shape[-2] if self.keys.numel() else 0
             new = old + key_states.shape[-2]
             buf = getattr(self, "_buffers", None)
-            if buf is None or buf[0].shape[-2] < new or not _views_of(self.keys, buf[0]) or not _views_of(self.values, buf[1]):
-                room = new + max(128, new // 4)
+            fresh = buf is None or not _views_of(self.keys, buf[0]) or not _views_of(self.values, buf[1])
+            if fresh or buf[0].shape[-2] < new:
+                # a new layout reserves the announced room; outgrowing it adds a quarter, so long answers copy rarely
+                room = new + max(getattr(self, "room", 0), 16, 0 if fresh else new // 4)
                 buf = tuple(key_states.new_empty((*s.shape[:-2], room, s.shape[-1])) for s in (key_states, value_states))
                 if old:
                     buf[0][..., :old, :] = self.keys
