@@ -24,6 +24,12 @@ def local_model(wildcards):
     return {}
 
 
+def generation_env():
+    """vLLM runs in an environment of its own: it pins its own torch build."""
+    backend = config.get("generation", {}).get("backend", "transformers")
+    return "../envs/vllm.yaml" if backend == "vllm" else "../envs/generate.yaml"
+
+
 rule generate:
     input:
         unpack(local_model),
@@ -41,7 +47,7 @@ rule generate:
         "benchmarks/runs/generate/{model}/{benchmark}/{condition}.tsv"
     threads: 2
     conda:
-        "../envs/generate.yaml"
+        generation_env()
     resources:
         **model_resources(config),
     script:

@@ -18,6 +18,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 def test_every_rule_names_an_env_file_that_parses():
     rules = {}
+    all_rules = "\n".join(p.read_text() for p in sorted((ROOT / "rules").glob("*.smk")))
     for smk in sorted((ROOT / "rules").glob("*.smk")):
         text = smk.read_text()
         for name, body in re.findall(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)+)", text, flags=re.M):
@@ -26,12 +27,21 @@ def test_every_rule_names_an_env_file_that_parses():
     for name, body in rules.items():
         for key in ("log:", "conda:", "resources:"):
             assert key in body, f"rule {name} has no {key}"
-        env = re.search(r'conda:\s*\n\s*"([^"]+)"', body).group(1)
-        path = (ROOT / "rules" / env).resolve()
-        assert path.is_file(), f"rule {name}: {env} does not exist"
-        spec = yaml.safe_load(path.read_text())
-        deps = [d for d in spec["dependencies"] if isinstance(d, str)]
-        assert any(d.startswith("python=") for d in deps) and all("=" in d or d == "pip" for d in deps), path
+        value = re.search(r"conda:\s*\n\s*(.+)", body).group(1).strip()
+        if value.startswith('"'):
+            envs = [value.strip('"')]
+        else:  # a function of the config, defined in the rules: every env it can return
+            func = re.search(r"^def %s\(.*?(?=^\S)" % re.escape(value.split("(")[0]), all_rules, flags=re.M | re.S).group(0)
+            envs = re.findall(r'"(\.\./envs/[\w.-]+\.yaml)"', func)
+        assert envs, f"rule {name}: no conda env"
+        for env in envs:
+            path = (ROOT / "rules" / env).resolve()
+            assert path.is_file(), f"rule {name}: {env} does not exist"
+            spec = yaml.safe_load(path.read_text())
+            deps = [d for d in spec["dependencies"] if isinstance(d, str)]
+            assert any(d.startswith("python=") for d in deps) and all("=" in d or d == "pip" for d in deps), path
+            pip = next((d["pip"] for d in spec["dependencies"] if isinstance(d, dict)), [])
+            assert all("==" in d for d in pip), path
     assert "benchmark:" in rules["generate"]
 
 
@@ -78,3 +88,31 @@ def test_estimate_cli_prints_the_table(capsys):
     assert main(["estimate", "--configfile", str(ROOT / "config" / "paper.yaml")]) == 0
     out = capsys.readouterr().out
     assert "TOTAL" in out and "llama-2-70b-chat" in out and "gpu_hours" in out
+
+
+def test_pin_revisions_writes_resolved_commits_into_the_preset_and_keeps_its_comments(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from selfcorrect import revisions
+    from selfcorrect.cli import main
+
+    preset = tmp_path / "paper.yaml"
+    preset.write_text((ROOT / "config" / "paper.yaml").read_text())
+    cfg = yaml.safe_load(preset.read_text())
+    shas = {m["path"]: f"{i:040x}" for i, m in enumerate(cfg["models"].values())}
+
+    class Hub:
+        def model_info(self, repo, revision):
+            if "70b" in repo:
+                raise OSError("401 Client Error: gated repo")
+            return SimpleNamespace(sha=shas[repo])
+
+    real = revisions.resolve
+    monkeypatch.setattr(revisions, "resolve", lambda models, api=None: real(models, Hub()))
+    assert main(["pin-revisions", "--configfile", str(preset), "--write"]) == 1  # the gated 70B models are reported
+    pinned = yaml.safe_load(preset.read_text())
+    for name, m in pinned["models"].items():
+        assert m.get("revision") == (None if "70b" in m["path"] else shas[m["path"]]), name
+    before = (ROOT / "config" / "paper.yaml").read_text()
+    assert [l for l in before.splitlines() if l.lstrip().startswith("#")] == \
+           [l for l in preset.read_text().splitlines() if l.lstrip().startswith("#")]

@@ -165,7 +165,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tflops", type=float, default=989.0, help="reference GPU dense bf16 TFLOP/s (H100 SXM: 989)")
     s.add_argument("--mfu", type=float, default=0.35, help="assumed fraction of that peak achieved end to end")
     s.set_defaults(func=cmd_estimate)
+
+    s = sub.add_parser("pin-revisions", help="look up each hub model's commit and (with --write) pin it in the config")
+    s.add_argument("--configfile", default="config/paper.yaml")
+    s.add_argument("--write", action="store_true", help="write the resolved commits into the config's revision: fields")
+    s.set_defaults(func=cmd_pin_revisions)
     return p
+
+
+# ---------------------------------------------------------------- pin-revisions
+
+def cmd_pin_revisions(args) -> int:
+    from .revisions import hub_models, resolve, write_pins
+
+    path = Path(args.configfile)
+    cfg = yaml.safe_load(path.read_text())
+    resolved = resolve(hub_models(cfg))
+    pins = {name: sha for name, sha in resolved.items() if isinstance(sha, str)}
+    for name, got in resolved.items():
+        current = cfg["models"][name].get("revision")
+        state = f"error: {str(got).splitlines()[0][:120]}" if not isinstance(got, str) else (
+            "unchanged" if current == got else f"{current or 'unpinned'} -> {got}")
+        print(f"{name:<28} {cfg['models'][name]['path']:<40} {state}")
+    failed = sorted(set(resolved) - set(pins))
+    if args.write and pins:
+        path.write_text(write_pins(path.read_text(), pins))
+        print(f"wrote {len(pins)} revisions into {path}")
+    if failed:
+        print(f"error: could not resolve {', '.join(failed)} (hub unreachable, or gated without a token: "
+              "`huggingface-cli login` or HF_TOKEN); nothing was written for them", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

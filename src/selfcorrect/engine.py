@@ -264,15 +264,9 @@ class Engine:
         texts = []
         for row in gen:
             cut = next((i for i, t in enumerate(row) if t in self.eos_ids), len(row))
-            texts.append(self._cut(self.tokenizer.decode(row[:cut], skip_special_tokens=True)))
+            texts.append(cut_at_stops(self.tokenizer.decode(row[:cut], skip_special_tokens=True), self.stop_strings))
         return texts
 
-    def _cut(self, text: str) -> str:
-        for s in self.stop_strings:
-            i = text.find(s)
-            if i >= 0:
-                text = text[:i]
-        return text
 
     # ------------------------------------------------------------ option scoring
     def _pad_left(self, seqs: list[list[int]]):
@@ -318,6 +312,15 @@ class Engine:
         for (i, k, _, _), s in zip(rows, scores):
             out[i][k] = s
         return out
+
+
+def cut_at_stops(text: str, stop_strings) -> str:
+    """The text up to the first of ``stop_strings`` (a base model's next "Human:" turn, for example)."""
+    for s in stop_strings:
+        i = text.find(s)
+        if i >= 0:
+            text = text[:i]
+    return text
 
 
 def new_cache(config, room: int = 0):

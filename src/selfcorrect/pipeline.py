@@ -91,18 +91,24 @@ def generate(
     torch.manual_seed(cfg.get("seed", 0))
     gcfg = cfg.get("generation", {})
     backend = gcfg.get("backend", "transformers")
-    if backend != "transformers":
-        raise NotImplementedError(f"generation backend {backend!r} is not available in this build; use transformers")
     spec = ModelSpec.from_config(name, model_cfg)
     device = pick_device(gcfg.get("device", "auto"))
     registry = Registry.load()
     settings = settings_from_config(cfg)
     examples = pd.read_parquet(prompts)
-    model, tok = load_model(spec, device, local_model_dir)  # fails here, before any generation
+    # loading fails here, with the model named, before any generation
+    if backend == "vllm":
+        from .vllm_backend import load_vllm
+
+        engine = load_vllm(spec, local_model_dir, int(cfg.get("seed", 0)), gpus=int(spec.extra.get("gpus", 1) or 1))
+        model, tok, device = None, engine.tokenizer, "cuda"
+    else:
+        model, tok = load_model(spec, device, local_model_dir)
+        engine = Engine(model, tok, device, batch_size=int(gcfg.get("batch_size", 16)),
+                        share_prefixes=bool(gcfg.get("share_prefixes", True)))
     fmt = prompt_format(spec, tok)
     dialogue = registry.data["dialogue"]
-    stop = (dialogue["separator"] + dialogue["human"],) if fmt == "base" else ()
-    engine = Engine(model, tok, device, batch_size=int(gcfg.get("batch_size", 16)), stop_strings=stop)
+    engine.stop_strings = (dialogue["separator"] + dialogue["human"],) if fmt == "base" else ()
     engine.reuse_prefixes(settings.prefix_reuse)
     info = JobInfo(name, spec.revision, backend, fmt, device, benchmark, condition)
     key = job_key(examples, benchmark, settings, info, registry.texts_hash([condition]))
@@ -115,9 +121,9 @@ def generate(
     write_parquet(table, out)
     write_json({
         "model": name, "path": spec.path, "revision": spec.revision, "backend": backend, "device": device,
-        "resolved_revision": getattr(model.config, "_commit_hash", None),
+        "resolved_revision": getattr(getattr(model, "config", None), "_commit_hash", None),
         "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or platform.machine(),
-        "dtype": str(model.dtype), "prompt_format": fmt, "benchmark": benchmark, "condition": condition,
+        "dtype": str(model.dtype) if model is not None else spec.dtype, "prompt_format": fmt, "benchmark": benchmark, "condition": condition,
         "rounds": settings.rounds, "answer_modes": list(settings.answer_modes), "n_examples": len(examples),
         "n_rows": len(table), "wall_seconds": round(time.perf_counter() - t0, 2), "threads": threads,
         "torch": torch.__version__, "shard_key": key,

@@ -1,0 +1,87 @@
+"""Generation with vLLM on GPUs: the same ``answer``/``generate`` contract as :class:`selfcorrect.engine.Engine`.
+
+vLLM schedules its own batches (continuous batching, paged attention) and reuses the KV cache of any prefix it has
+seen (automatic prefix caching), so a later round, whose prompt starts with the earlier one, is encoded from where
+that prompt ended without the engine's explicit bookkeeping. Prompts are passed as token ids, tokenised exactly as
+the transformers engine does, so both backends see the same tokens; greedy decoding (temperature 0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .engine import cut_at_stops
+from .models import ModelLoadError, ModelSpec, _hint, _source
+
+
+@dataclass
+class VLLMEngine:
+    llm: object
+    tokenizer: object
+    stop_strings: tuple[str, ...] = ()
+    progress: bool = True
+    sampling_params: type | None = None  # vllm.SamplingParams; injectable so the adapter is testable without vLLM
+    # the study driver's knobs of the transformers engine: vLLM batches and caches prefixes on its own
+    batch_size: int = 0
+    prefix_store: None = None
+    share_prefixes: bool = False
+
+    def reuse_prefixes(self, on: bool = True) -> None:
+        """Nothing to do: prefix caching is switched on when the LLM is built (see :func:`load_vllm`)."""
+
+    def _params(self, **kwargs):
+        if self.sampling_params is None:
+            from vllm import SamplingParams
+
+            self.sampling_params = SamplingParams
+        return self.sampling_params(temperature=0.0, **kwargs)
+
+    def _run(self, sequences: list[list[int]], params) -> list:
+        return self.llm.generate([{"prompt_token_ids": s} for s in sequences], params, use_tqdm=self.progress)
+
+    def generate(self, prompts: list[str], max_new_tokens: int, desc: str = "generate", keys: list | None = None) -> list[str]:
+        return self.answer(prompts, max_new_tokens, None, desc, keys)[0]
+
+    def answer(self, prompts: list[str], max_new_tokens: int | None, options: list[list[str]] | None,
+               desc: str = "answer", keys: list | None = None) -> tuple[list[str] | None, list[list[float]] | None]:
+        p_ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        texts = None
+        if max_new_tokens:
+            outs = self._run(p_ids, self._params(max_tokens=max_new_tokens, skip_special_tokens=True))
+            texts = [cut_at_stops(o.outputs[0].text, self.stop_strings) for o in outs]
+        return texts, (self._option_scores(p_ids, options) if options else None)
+
+    def _option_scores(self, p_ids: list[list[int]], options: list[list[str]]) -> list[list[float]]:
+        """log P(option | prompt) from the prompt log-probabilities of prompt + option (one request per option;
+        the prompt's KV cache is shared between them by prefix caching)."""
+        o_ids = [self.tokenizer(list(o), add_special_tokens=False)["input_ids"] for o in options]
+        requests = [(i, k, ids + o) for i, (ids, opts) in enumerate(zip(p_ids, o_ids)) for k, o in enumerate(opts)]
+        outs = self._run([seq for _, _, seq in requests], self._params(max_tokens=1, prompt_logprobs=0))
+        scores = [[math.nan] * len(o) for o in o_ids]
+        for (i, k, seq), out in zip(requests, outs):
+            first = len(seq) - len(o_ids[i][k])
+            # prompt_logprobs[t] maps the prompt's token t (and the top alternatives) to log P(token t | tokens < t)
+            scores[i][k] = sum(out.prompt_logprobs[t][seq[t]].logprob for t in range(first, len(seq)))
+        return scores
+
+
+def load_vllm(spec: ModelSpec, local_dir: str | None, seed: int, gpus: int = 1, stop_strings: tuple[str, ...] = ()):
+    """A :class:`VLLMEngine` for ``spec``; any failure is a :class:`ModelLoadError` that names the model."""
+    try:
+        from vllm import LLM
+    except ImportError as err:
+        raise ModelLoadError(
+            f"model {spec.name!r}: generation.backend is 'vllm' but vLLM is not installed; run the workflow with "
+            "`--sdm conda` (envs/vllm.yaml) or `pip install vllm`, or set generation.backend: transformers"
+        ) from err
+    if spec.gguf_file and local_dir is None:
+        raise ModelLoadError(f"model {spec.name!r}: GGUF models reach vLLM through the prepare_model step (local_dir)")
+    src, kwargs = _source(spec, local_dir)
+    try:
+        llm = LLM(model=src, tokenizer=src, revision=kwargs.get("revision"), dtype=spec.dtype,
+                  trust_remote_code=spec.trust_remote_code, tensor_parallel_size=max(1, gpus),
+                  enable_prefix_caching=True, seed=seed)
+    except Exception as err:
+        raise ModelLoadError(f"cannot load model {spec.name!r} from {src!r} with vLLM: {err}.{_hint(spec, err)}") from err
+    return VLLMEngine(llm, llm.get_tokenizer(), stop_strings=stop_strings)
