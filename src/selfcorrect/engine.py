@@ -10,7 +10,7 @@ import functools
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -47,6 +47,8 @@ class Engine:
     # batch is prefilled level by level, each level's KV cache gathered to the rows below it.
     share_prefixes: bool = True
     min_shared: int = 8
+    # real (unpadded) tokens run through the model, a device tensor once counting starts, so that counting costs no sync
+    _processed: object = field(default=0, init=False, repr=False)
 
     def reuse_prefixes(self, on: bool = True) -> None:
         self.prefix_store = {} if on else None
@@ -125,14 +127,13 @@ class Engine:
             self._cache_arg = "cache" if "cache" in params else "past_key_values"
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          logits_to_keep=keep, **{self._cache_arg: cache})
-        # real (unpadded) tokens run through the model, kept on the device so that counting costs no sync
-        self._processed = mask[:, -input_ids.shape[1]:].sum() + getattr(self, "_processed", 0)
+        self._processed = self._processed + mask[:, -input_ids.shape[1]:].sum()
         return out.logits.float(), cache
 
     @property
     def tokens_processed(self) -> int:
         """Tokens the model has encoded or decoded so far, padding not counted (shared prefixes count once)."""
-        return int(getattr(self, "_processed", 0))
+        return int(self._processed)
 
     def _answer_batch(self, batch, max_new_tokens):
         import torch
@@ -164,8 +165,9 @@ class Engine:
             cache, mask = new_cache(self.model.config, room), None
             for segments, parents in levels or [(p_ids, None)]:
                 if parents is not None:
-                    _gather_rows(cache, torch.tensor(parents, device=self.device))
-                    mask = mask[torch.tensor(parents, device=mask.device)]
+                    index = torch.tensor(parents, device=mask.device)
+                    _gather_rows(cache, index)
+                    mask = mask[index]
                 input_ids, new_mask = self._pad_left(segments)
                 mask = new_mask if mask is None else torch.cat([mask, new_mask], dim=1)
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1] - new_mask.shape[1]:]
@@ -182,8 +184,7 @@ class Engine:
             new_ids, new_mask = self._pad_left(suffixes)
             mask = torch.cat([old_mask, new_mask], dim=1)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, old_mask.shape[1]:]
-            for layer in cache.layers:
-                layer.room = room
+            _reserve(cache, room)
             logits, cache = self._step(new_ids, mask, positions, cache, 1)
         if self.prefix_store is not None and None not in keys:
             self.prefix_store[frozenset(keys)] = (list(keys), [list(i) for i in p_ids], mask, cache, mask.shape[1])
@@ -331,9 +332,14 @@ def new_cache(config, room: int = 0):
 
     cache = DynamicCache(config=config)
     cache.layers = [_growing_layer()() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    _reserve(cache, room)
+    return cache
+
+
+def _reserve(cache, room: int) -> None:
+    """Announce how many columns the next appends will need, so that a growing layer allocates them at once."""
     for layer in cache.layers:
         layer.room = room
-    return cache
 
 
 @functools.cache

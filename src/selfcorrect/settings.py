@@ -83,8 +83,6 @@ def check_schema(config: dict, schema_path) -> None:
             problems.append(f"config key `{key}`: {err.instance!r} is out of range ({err.validator} {err.validator_value})")
         elif err.validator == "type":
             problems.append(f"config key `{key}`: {err.instance!r} should be of type {err.validator_value}")
-        elif err.validator == "required":
-            problems.append(f"config key `{key}`: {err.message}")
         else:
             problems.append(f"config key `{key}`: {err.message}")
     if problems:
