@@ -41,10 +41,13 @@ def timed(fn, device):
     return out, time.perf_counter() - t
 
 
-def best_of(runs: int, fn, device):
-    """The fastest of ``runs`` timed calls: the first call also pays for growing the allocator's memory pools."""
-    results = [timed(fn, device) for _ in range(runs)]
-    return results[0][0], min(t for _, t in results)
+def best_of_two(engine, prompts, n_new, device, keys=None):
+    """The faster of two timed engine calls (the first also pays for growing the allocator's memory pools); with
+    ``keys`` the second keeps its KV caches for a next round, as the study's jobs do."""
+    out, first = timed(lambda: engine.generate(prompts, n_new), device)
+    engine.reuse_prefixes(keys is not None)
+    _, second = timed(lambda: engine.generate(prompts, n_new, keys=keys), device)
+    return out, min(first, second)
 
 
 def matmul_flops(device: str, dtype) -> float:
@@ -119,9 +122,14 @@ def count_tokens(tok, texts):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small sizes: under 5 minutes on 2 CPU cores")
-    ap.add_argument("--n", type=int, default=None, help="prompts (default 24 quick, 96 full)")
-    ap.add_argument("--naive-n", type=int, default=None, help="prompts timed with the naive loop, evenly spread (default: all)")
+    ap.add_argument("--quick", action="store_true",
+                    help="under 5 minutes on 2 CPU cores: one batch of 64 (the offline study's), the naive loop timed "
+                         "on 12 of them, no run without prefix sharing")
+    ap.add_argument("--n", type=int, default=None, help="prompts (default 64 quick, 96 full)")
+    ap.add_argument("--naive-n", type=int, default=None,
+                    help="prompts timed with the naive loop, evenly spread (default: 12 quick, else all)")
+    ap.add_argument("--compare-sharing", action=argparse.BooleanOptionalAction, default=None,
+                    help="also time the engine without prefix sharing (default: not with --quick)")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--cot-tokens", type=int, default=64)
     ap.add_argument("--short-tokens", type=int, default=8)
@@ -132,7 +140,9 @@ def main() -> int:
     ap.add_argument("--data", default=str(next((p for p in (ROOT / "resources" / "data", ROOT.parent / "shared" / "data")
                                                 if (p / "bbq").is_dir()), ROOT / "resources" / "data")))
     args = ap.parse_args()
-    args.n = args.n or (24 if args.quick else 96)
+    args.n = args.n or (64 if args.quick else 96)
+    args.naive_n = args.naive_n or (12 if args.quick else None)
+    compare_sharing = not args.quick if args.compare_sharing is None else args.compare_sharing
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     torch.set_num_threads(args.threads)
     batch = args.batch_size or (args.n if device.startswith("cuda") else min(args.n, 64))  # 64: the offline config
@@ -150,6 +160,7 @@ def main() -> int:
 
     engine.generate(prompts[:2], 2)  # warm-up (kernels, allocator)
     results, agree, total = {}, 0, 0
+    keys = list(range(len(exs)))  # the short run keeps its caches: round 1 of the round-2 measurement
     # short answers to the answer prompt; CoT-length reasoning (the CoT conditions' first stage), cut at n tokens
     for label, batch_prompts, n_new in (("short", prompts, args.short_tokens), ("cot", cot_prompts, args.cot_tokens)):
         prompt_tokens = count_tokens(tok, batch_prompts)
@@ -157,26 +168,31 @@ def main() -> int:
         naive_out, t_naive = timed(lambda: naive_generate(model, tok, [batch_prompts[i] for i in naive_idx], n_new, device), device)
         t_naive *= len(batch_prompts) / naive_n
         before = engine.tokens_processed
-        fast_out, t_fast = best_of(2, lambda: engine.generate(batch_prompts, n_new), device)
+        fast_out, t_fast = best_of_two(engine, batch_prompts, n_new, device, keys=keys if label == "short" else None)
         processed = (engine.tokens_processed - before) // 2
-        engine.share_prefixes = False
-        _, t_unshared = timed(lambda: engine.generate(batch_prompts, n_new), device)  # pools already grown
-        engine.share_prefixes = True
+        if label == "short":
+            short_out, round1_store = fast_out, engine.prefix_store
+            engine.reuse_prefixes(False)
+        t_unshared = None
+        if compare_sharing:
+            engine.share_prefixes = False
+            _, t_unshared = timed(lambda: engine.generate(batch_prompts, n_new), device)  # pools already grown
+            engine.share_prefixes = True
         agree += sum(a == fast_out[i] for a, i in zip(naive_out, naive_idx))
         total += naive_n
         gen_tokens = count_tokens(tok, fast_out)
         results[label] = {"naive_s": t_naive, "engine_s": t_fast, "speedup": t_naive / t_fast, "unshared_s": t_unshared,
                           "tokens": prompt_tokens + gen_tokens, "engine_tok_s": (prompt_tokens + gen_tokens) / t_fast,
                           "processed_tok_s": processed / t_fast}
+        unshared = f" (without prefix sharing {t_unshared:7.2f}s)" if t_unshared else ""
         print(f"{label:>5} (up to {n_new} new tokens, {gen_tokens / len(fast_out):.1f} on average): naive {t_naive:7.2f}s  "
-              f"engine {t_fast:7.2f}s (without prefix sharing {t_unshared:7.2f}s)  speedup {t_naive / t_fast:5.2f}x  "
+              f"engine {t_fast:7.2f}s{unshared}  speedup {t_naive / t_fast:5.2f}x  "
               f"engine {(prompt_tokens + gen_tokens) / t_fast:8.0f} tok/s")
 
     # round 2: the round-1 conversation plus answer, feedback and instruction; cold vs. reusing round 1's KV cache
-    keys = list(range(len(exs)))
-    engine.reuse_prefixes(True)
-    first_answers = engine.generate(prompts, args.short_tokens, keys=keys)
-    second = [fmt(registry.conversation("instruction", "bbq", ex, [RoundRecord(answer=a)])) for ex, a in zip(exs, first_answers)]
+    # (round 1 is the short run above, whose KV caches were kept by example)
+    engine.prefix_store = round1_store
+    second = [fmt(registry.conversation("instruction", "bbq", ex, [RoundRecord(answer=a)])) for ex, a in zip(exs, short_out)]
     _, t_warm = timed(lambda: engine.generate(second, args.short_tokens, keys=keys), device)
     engine.reuse_prefixes(False)
     _, t_cold = timed(lambda: engine.generate(second, args.short_tokens), device)
@@ -194,11 +210,12 @@ def main() -> int:
           f"= {effective / peak:.1%} (2 x params x prompt and answer tokens)")
     summary = {
         "device": device, "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.machine(),
-        "model": source, "params": params, "n_prompts": len(prompts), "batch_size": batch, "threads": args.threads,
+        "model": source, "params": params, "n_prompts": len(prompts), "naive_prompts": naive_n, "batch_size": batch,
+        "threads": args.threads,
         "speedup_vs_naive_short": round(results["short"]["speedup"], 3),
         "speedup_vs_naive_cot": round(results["cot"]["speedup"], 3),
-        "speedup_from_prefix_sharing_short": round(results["short"]["unshared_s"] / results["short"]["engine_s"], 3),
-        "speedup_from_prefix_sharing_cot": round(results["cot"]["unshared_s"] / results["cot"]["engine_s"], 3),
+        **{f"speedup_from_prefix_sharing_{k}": round(r["unshared_s"] / r["engine_s"], 3)
+           for k, r in results.items() if r["unshared_s"]},
         "round2_reuse_ratio": round(t_warm / t_cold, 3),
         "roofline_fraction": round(achieved / peak, 4),
         "effective_roofline_fraction": round(effective / peak, 4),

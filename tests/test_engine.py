@@ -27,7 +27,9 @@ def naive(engine, prompt, n):
     with torch.inference_mode():
         out = engine.model.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=engine.tokenizer.pad_token_id,
                                     eos_token_id=sorted(engine.eos_ids))
-    return engine.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    ids = out[0, enc["input_ids"].shape[1]:].tolist()
+    ids = ids[:next((i for i, t in enumerate(ids) if t in engine.eos_ids), len(ids))]  # the answer ends before its end token
+    return engine.tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def test_batched_greedy_equals_per_example_generate(engine):
@@ -165,7 +167,8 @@ def test_prefix_levels_partition_every_sequence_and_encode_shared_prefixes_once(
     assert prefix_levels([[1, 2, 3], [4, 5, 6]]) is None  # nothing shared: one plain prefill
 
 
-def test_shared_prefix_prefill_changes_nothing_but_the_work(engine, bbq_paths, monkeypatch):
+@pytest.mark.parametrize("split_cost", [10**9, 0])  # never split a level by length; split it at every length
+def test_shared_prefix_prefill_changes_nothing_but_the_work(engine, bbq_paths, monkeypatch, split_cost):
     from selfcorrect import data
     from selfcorrect.conditions import Registry
     from selfcorrect.formats import render
@@ -177,6 +180,7 @@ def test_shared_prefix_prefill_changes_nothing_but_the_work(engine, bbq_paths, m
                for ex in groups.to_dict("records")] + PROMPTS[:2]
     options = [[" (a", " (b", " (c"]] * len(prompts)
     monkeypatch.setattr(engine, "batch_size", len(prompts))
+    monkeypatch.setattr(engine, "split_cost", split_cost)
     calls = []
     real = engine._step
     monkeypatch.setattr(engine, "_step", lambda ids, mask, *a, **k: (calls.append(int(mask[:, -ids.shape[1]:].sum())), real(ids, mask, *a, **k))[1])
@@ -191,3 +195,85 @@ def test_shared_prefix_prefill_changes_nothing_but_the_work(engine, bbq_paths, m
     for a, b in zip(shared_scores, plain_scores):
         assert a == pytest.approx(b, abs=1e-4)
     assert shared_tokens < 0.8 * plain_tokens
+
+
+def test_length_groups_cut_padding_where_it_pays():
+    from selfcorrect.engine import length_groups
+
+    lengths = [3, 50, 4, 52, 0, 0, 49]
+    groups = length_groups(lengths, split_cost=10)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert sorted(map(sorted, groups)) == [[0, 2], [1, 3, 6], [4, 5]]  # empty rows need no forward pass
+    assert sorted(map(sorted, length_groups(lengths, split_cost=10**6))) == [[0, 1, 2, 3, 6], [4, 5]]
+    assert length_groups([], 5) == []
+
+
+def test_grouped_attention_equals_transformers_sdpa_under_a_padding_mask():
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from selfcorrect.engine import grouped_sdpa
+
+    torch.manual_seed(0)
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=True, training=False)
+    q, k, v = torch.randn(2, 6, 5, 8), torch.randn(2, 2, 9, 8), torch.randn(2, 2, 9, 8)
+    mask = torch.ones(2, 1, 5, 9, dtype=torch.bool).tril(4)
+    mask[1, :, :, :3] = False  # the second row is left-padded
+    for q_len in (5, 1):  # prefill and a decode step
+        want, _ = sdpa_attention_forward(module, q[:, :, -q_len:], k, v, mask[:, :, -q_len:], scaling=0.3)
+        got, _ = grouped_sdpa(module, q[:, :, -q_len:], k, v, mask[:, :, -q_len:], scaling=0.3)
+        assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_rows_that_finish_leave_the_batch_and_change_nothing(engine, bbq_paths, monkeypatch):
+    import selfcorrect.engine as engine_module
+    from selfcorrect import data
+    from selfcorrect.conditions import Registry
+    from selfcorrect.formats import render
+
+    registry = Registry.load()
+    df = data.load_bbq(bbq_paths[:1]).head(8)
+    prompts = [render(registry.conversation("instruction", "bbq", ex, []), "chat", registry.data["dialogue"], engine.tokenizer)
+               for ex in df.to_dict("records")] + PROMPTS
+    monkeypatch.setattr(engine, "batch_size", len(prompts))
+    # a token the random model emits early in some rows (a quarter at least) but not in all becomes an end of sequence
+    ids = []
+    for p in prompts:
+        enc = engine.tokenizer(p, return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            out = engine.model.generate(**enc, max_new_tokens=10, do_sample=False, pad_token_id=engine.tokenizer.pad_token_id)
+        ids.append(out[0, enc["input_ids"].shape[1]:].tolist())
+    stop = next(t for t in sorted({t for row in ids for t in row[1:]})
+                if len(prompts) // 4 <= sum(t in row[1:] for row in ids) < len(prompts) and not any(row[0] == t for row in ids))
+    monkeypatch.setattr(engine.model.generation_config, "eos_token_id", [engine.tokenizer.eos_token_id, stop])
+    left = []
+    real = engine_module._rows_of
+    monkeypatch.setattr(engine_module, "_rows_of", lambda cache, keep: (left.append(len(keep)), real(cache, keep))[1])
+    texts = engine.generate(prompts, 20)
+    assert left and min(left) < len(prompts)  # rows did leave the batch
+    assert texts == [naive(engine, p, 20) for p in prompts]
+
+
+def test_compaction_drops_the_columns_no_row_attends_to(tiny_model):
+    from transformers import AutoConfig
+
+    from selfcorrect.engine import _compact, new_cache
+
+    cache = new_cache(AutoConfig.from_pretrained(tiny_model), room=3)
+    mask = torch.tensor([[1, 0, 0, 1, 1, 0, 1],   # a prefix-tree row: gaps between its levels
+                         [0, 0, 1, 1, 0, 1, 1],
+                         [0, 0, 0, 0, 0, 1, 1]])
+    column = torch.arange(7, dtype=torch.float)[None, None, :, None].expand(3, 2, 7, 4)
+    for layer in cache.layers:
+        layer.lazy_initialization(column, column)
+        layer.keys, layer.values = column.clone(), column.clone() + 100
+    new_mask = _compact(cache, mask)
+    assert new_mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1]]
+    for layer in cache.layers:
+        assert layer.keys[:2, 0, :, 0].tolist() == [[0, 3, 4, 6], [2, 3, 5, 6]]  # each row's tokens, in order
+        assert layer.keys[2, 0, 2:, 0].tolist() == [5, 6] and layer.values[0, 1, :, 0].tolist() == [100, 103, 104, 106]
+        layer.update(torch.zeros(3, 2, 1, 4), torch.zeros(3, 2, 1, 4))  # decoding then appends in place
+        assert layer.keys.shape[-2] == 5 and layer.keys.data_ptr() == layer._buffers[0].data_ptr()
+    few_gaps = torch.ones(3, 7, dtype=torch.long)
+    assert _compact(cache, few_gaps) is few_gaps  # nothing to drop: no copy

@@ -6,6 +6,7 @@ batch ends where the model continues. A CUDA out-of-memory error halves the batc
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import math
@@ -15,6 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+# finished rows leave a decoding batch once they are 1/_LEAVE_AT of it and more than 8 steps are left: then the
+# copy of the cache that it takes pays for itself
+_LEAVE_AT = 4
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -47,8 +52,17 @@ class Engine:
     # batch is prefilled level by level, each level's KV cache gathered to the rows below it.
     share_prefixes: bool = True
     min_shared: int = 8
+    # A batch's rows are prefilled in groups of similar length when that saves more padded tokens than this per
+    # extra group (a forward pass costs launches and copies of the cache). None: by device (CPU 32, GPU 4096).
+    split_cost: int | None = None
     # real (unpadded) tokens run through the model, a device tensor once counting starts, so that counting costs no sync
     _processed: object = field(default=0, init=False, repr=False)
+
+    def __post_init__(self):
+        if self.split_cost is None:
+            self.split_cost = 4096 if str(self.device).startswith("cuda") else 32
+        if str(self.device) == "cpu":
+            use_grouped_attention(self.model)
 
     def reuse_prefixes(self, on: bool = True) -> None:
         self.prefix_store = {} if on else None
@@ -162,33 +176,92 @@ class Engine:
         entry = self._stored(keys)
         if entry is None:
             levels = prefix_levels(p_ids, self.min_shared) if self.share_prefixes else None
-            cache, mask = new_cache(self.model.config, room), None
-            for segments, parents in levels or [(p_ids, None)]:
-                if parents is not None:
-                    index = torch.tensor(parents, device=mask.device)
-                    _gather_rows(cache, index)
-                    mask = mask[index]
-                input_ids, new_mask = self._pad_left(segments)
-                mask = new_mask if mask is None else torch.cat([mask, new_mask], dim=1)
-                positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1] - new_mask.shape[1]:]
-                logits, cache = self._step(input_ids, mask, positions, cache, 1)
+            levels = levels or [(p_ids, None)]
+            cache = new_cache(self.model.config, room)
+            mask = torch.zeros((len(levels[0][0]), 0), dtype=torch.long, device=self.device)
+            for segments, parents in levels:
+                logits, mask, positions = self._extend(cache, mask, segments, parents)
         else:
-            order, old_ids, old_mask, cache = entry
-            old_mask = old_mask.clone()
+            order, old_ids, mask, cache = entry
+            mask = mask.clone()
             suffixes = []
             for j, (ids, prev) in enumerate(zip(p_ids, old_ids)):
                 n = _common_prefix(prev, ids, len(ids) - 1)
-                cols = old_mask[j].nonzero().squeeze(-1)
-                old_mask[j, cols[n:]] = 0  # stale tokens of the previous prompt: masked, never attended
+                cols = mask[j].nonzero().squeeze(-1)
+                mask[j, cols[n:]] = 0  # stale tokens of the previous prompt: masked, never attended
                 suffixes.append(ids[n:])
-            new_ids, new_mask = self._pad_left(suffixes)
-            mask = torch.cat([old_mask, new_mask], dim=1)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, old_mask.shape[1]:]
             _reserve(cache, room)
-            logits, cache = self._step(new_ids, mask, positions, cache, 1)
+            logits, mask, positions = self._extend(cache, mask, suffixes)
+        mask = _compact(cache, mask)
         if self.prefix_store is not None and None not in keys:
             self.prefix_store[frozenset(keys)] = (list(keys), [list(i) for i in p_ids], mask, cache, mask.shape[1])
         return logits, mask, positions, cache
+
+    def _extend(self, cache, mask, segments: list[list[int]], parents: list[int] | None = None):
+        """Append ``segments`` to rows ``parents`` of the cache (all rows, in order, when None), in place.
+
+        Afterwards the cache has one row per segment. Rows are run in groups of similar segment length
+        (``length_groups``), so that short segments are not padded to the longest one; a group's new columns
+        are right-aligned, the gap before them masked like any padding. Returns the last token's logits
+        (rows, 1, vocab), the new mask, and the new tokens' positions.
+        """
+        import torch
+
+        index = None if parents is None else torch.tensor(parents, device=self.device)
+        groups = length_groups([len(s) for s in segments], self.split_cost) if _all_growing(cache) else None
+        if groups is None or len(groups) == 1:
+            if index is not None:
+                _gather_rows(cache, index)
+                mask = mask[index]
+            input_ids, new_mask = self._pad_left(segments)
+            mask = torch.cat([mask, new_mask], dim=1)
+            positions = _positions(mask)[:, -new_mask.shape[1]:]
+            logits, _ = self._step(input_ids, mask, positions, cache, 1)
+            return logits, mask, positions
+        old_width, width = mask.shape[1], max(map(len, segments))
+        rows_of = torch.arange(len(mask), device=self.device) if index is None else index
+        new_mask = torch.zeros((len(segments), old_width + width), dtype=mask.dtype, device=self.device)
+        new_mask[:, :old_width] = mask[rows_of]
+        logits = positions = None
+        runs = []
+        for group in groups:
+            seg_width = max(len(segments[i]) for i in group)
+            if seg_width == 0:
+                continue  # nothing to encode: these rows keep their parent's columns
+            rows = torch.tensor(group, device=self.device)
+            sub = new_cache(self.model.config)
+            if old_width:
+                for layer, old in zip(sub.layers, cache.layers):
+                    layer.lazy_initialization(old.keys, old.values)
+                    layer.keys, layer.values = old.keys[rows_of[rows]], old.values[rows_of[rows]]
+            input_ids, seg_mask = self._pad_left([segments[i] for i in group])
+            sub_mask = torch.cat([new_mask[rows, :old_width], seg_mask], dim=1)
+            sub_pos = _positions(sub_mask)[:, -seg_width:]
+            sub_logits, _ = self._step(input_ids, sub_mask, sub_pos, sub, 1)
+            cols = slice(old_width + width - seg_width, old_width + width)
+            new_mask[rows, cols] = seg_mask
+            if logits is None:
+                logits = sub_logits.new_zeros((len(segments), *sub_logits.shape[1:]))
+                positions = torch.zeros((len(segments), width), dtype=sub_pos.dtype, device=self.device)
+            logits[rows] = sub_logits
+            positions[rows, width - seg_width:] = sub_pos
+            runs.append((rows, cols, sub))
+        for n, layer in enumerate(cache.layers):
+            merged = []
+            for name in ("keys", "values"):
+                like = getattr(runs[0][2].layers[n], name)
+                # with the room the batch will append, so that decoding writes in place
+                t = like.new_empty((len(segments), *like.shape[1:-2], old_width + width + layer.room, like.shape[-1]))
+                if old_width:
+                    t[:, :, :old_width] = getattr(layer, name) if index is None else getattr(layer, name)[index]
+                t[:, :, old_width:old_width + width] = 0  # gaps are masked, but must not hold NaNs (0 x NaN is NaN)
+                for rows, cols, sub in runs:
+                    t[rows, :, cols] = getattr(sub.layers[n], name)[:, :, old_width:]
+                merged.append(t)
+            if not layer.is_initialized:
+                layer.lazy_initialization(*merged)
+            layer.adopt(*merged, old_width + width)
+        return logits, new_mask, positions
 
     def _stored_groups(self, keys: list | None) -> list[list[int]] | None:
         """Batch the rows as they were batched last time, so that each batch finds its stored cache."""
@@ -245,29 +318,35 @@ class Engine:
         return out
 
     def _greedy(self, last, mask, position, cache, max_new_tokens):
+        """Greedy decoding; once a quarter of the rows still decoding have finished, they leave the batch."""
         import torch
 
         eos = torch.tensor(sorted(self.eos_ids), device=self.device)
         pad = self.tokenizer.pad_token_id
         nxt = last.argmax(-1)
+        gen = torch.full((len(nxt), max_new_tokens), pad, dtype=nxt.dtype, device=self.device)
+        gen[:, 0] = nxt
+        rows = torch.arange(len(nxt), device=self.device)  # which rows of the batch are still in the cache
         done = torch.isin(nxt, eos)
-        steps = [nxt]
-        for _ in range(max_new_tokens - 1):
-            if bool(done.all()):
+        for step in range(1, max_new_tokens):
+            finished = int(done.sum())
+            if finished == len(done):
                 break
+            if finished * _LEAVE_AT >= len(done) and max_new_tokens - step > 8:
+                keep = (~done).nonzero().squeeze(1)
+                cache = _rows_of(cache, keep)
+                mask, position, nxt, done, rows = mask[keep], position[keep], nxt[keep], done[keep], rows[keep]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             position = position + 1
             logits, cache = self._step(nxt[:, None], mask, position, cache, 1)
             nxt = torch.where(done, torch.full_like(nxt, pad), logits[:, -1].argmax(-1))
-            steps.append(nxt)
+            gen[rows, step] = nxt
             done |= torch.isin(nxt, eos)
-        gen = torch.stack(steps, dim=1).tolist()
         texts = []
-        for row in gen:
+        for row in gen.tolist():
             cut = next((i for i, t in enumerate(row) if t in self.eos_ids), len(row))
             texts.append(cut_at_stops(self.tokenizer.decode(row[:cut], skip_special_tokens=True), self.stop_strings))
         return texts
-
 
     # ------------------------------------------------------------ option scoring
     def _pad_left(self, seqs: list[list[int]]):
@@ -354,6 +433,13 @@ def _growing_layer():
         cropping, row gathering (which leaves the buffer) and transformers' own length checks work unchanged.
         """
 
+        room = 0
+
+        def adopt(self, keys, values, width: int) -> None:
+            """Take ``keys``/``values`` as the buffers, their first ``width`` columns as the cache."""
+            self._buffers = (keys, values)
+            self.keys, self.values = keys[..., :width, :], values[..., :width, :]
+
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
@@ -363,7 +449,7 @@ def _growing_layer():
             fresh = buf is None or not _views_of(self.keys, buf[0]) or not _views_of(self.values, buf[1])
             if fresh or buf[0].shape[-2] < new:
                 # a new layout reserves the announced room; outgrowing it adds a quarter, so long answers copy rarely
-                room = new + max(getattr(self, "room", 0), 16, 0 if fresh else new // 4)
+                room = new + max(self.room, 16, 0 if fresh else new // 4)
                 buf = tuple(key_states.new_empty((*s.shape[:-2], room, s.shape[-1])) for s in (key_states, value_states))
                 if old:
                     buf[0][..., :old, :] = self.keys
@@ -377,8 +463,100 @@ def _growing_layer():
     return GrowingLayer
 
 
+def _compact(cache, mask, min_saving: float = 0.1):
+    """Drop the cache columns that no row attends to, each row's tokens moved right in order; the new mask.
+
+    Prefix-tree levels, length groups and stale tokens of a reused prompt leave padding in the middle of rows;
+    every decode step reads the whole cache, so it is worth one copy to drop it. Kept as is (no copy) when
+    that would save less than ``min_saving`` of the columns, or when a layer cannot be re-laid out.
+    """
+    import torch
+
+    width = int(mask.sum(1).max())
+    if width > (1 - min_saving) * mask.shape[1] or not _all_growing(cache):
+        return mask
+    # a stable sort of the 0/1 mask puts each row's padding first and its tokens after, in their order
+    index = torch.sort(mask, dim=1, stable=True).indices[:, -width:]
+    room = cache.layers[0].room
+    # the gathered buffers get the room the batch will append (filled with copies of a column, overwritten later)
+    padded = torch.cat([index, index[:, -1:].expand(-1, room)], dim=1)
+    for layer in cache.layers:
+        cols = padded[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+        layer.adopt(layer.keys.gather(2, cols), layer.values.gather(2, cols), width)
+    return mask.gather(1, index)
+
+
+def _all_growing(cache) -> bool:
+    """Rows of such a cache can be prefilled apart and joined (sliding-window layers keep a fixed width)."""
+    return all(type(layer) is _growing_layer() for layer in cache.layers)
+
+
+def _positions(mask):
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def length_groups(lengths: list[int], split_cost: int) -> list[list[int]]:
+    """Indices grouped by length so that padding plus ``split_cost`` tokens per group is least.
+
+    The groups are runs of the lengths in sorted order; an exact dynamic programme over the cut points.
+    Empty lengths always form a group of their own (they need no forward pass).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    best, cut = [0.0] + [math.inf] * n, [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = lengths[order[j - 1]]
+        for i in range(j):
+            cost = best[i] + (j - i) * longest + (split_cost if longest else 0)
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers' SDPA attention, except that grouped key/value heads reach torch as they are under a mask.
+
+    transformers repeats GQA's key/value heads whenever a padding mask is given (CUDA kernels would otherwise
+    fall back to the math kernel), i.e. copies the whole KV cache in every layer; torch's CPU kernels take the
+    heads grouped, with or without a mask, and give the same numbers.
+    """
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if attention_mask is None or query.shape[1] == key.shape[1] or kwargs.get("position_bias") is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
+                                                           scale=scaling, enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def use_grouped_attention(model) -> None:
+    """Switch a model that uses transformers' SDPA attention to ``grouped_sdpa`` (same numbers, no KV copies)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return
+    AttentionInterface.register("grouped_sdpa", grouped_sdpa)
+    ALL_MASK_ATTENTION_FUNCTIONS.register("grouped_sdpa", sdpa_mask)
+    model.set_attn_implementation("grouped_sdpa")
+
+
 def _views_of(tensor, buffer) -> bool:
     return tensor.numel() == 0 or (tensor.data_ptr() == buffer.data_ptr() and tensor.shape[:-2] == buffer.shape[:-2])
+
+
+def _rows_of(cache, index):
+    """A cache holding only rows ``index`` of ``cache``, which is left as it is (a stored prefix may be reused)."""
+    out = copy.copy(cache)
+    out.layers = [copy.copy(layer) for layer in cache.layers]
+    _gather_rows(out, index)
+    return out
 
 
 def _gather_rows(cache, index) -> None:
