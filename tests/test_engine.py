@@ -277,3 +277,38 @@ def test_compaction_drops_the_columns_no_row_attends_to(tiny_model):
         assert layer.keys.shape[-2] == 5 and layer.keys.data_ptr() == layer._buffers[0].data_ptr()
     few_gaps = torch.ones(3, 7, dtype=torch.long)
     assert _compact(cache, few_gaps) is few_gaps  # nothing to drop: no copy
+
+
+def test_the_next_round_reuses_the_answers_kv_cache_too(engine, monkeypatch):
+    from selfcorrect.engine import _common_prefix
+
+    keys = list(range(len(PROMPTS)))
+    tok = engine.tokenizer
+    engine.reuse_prefixes(True)
+    try:
+        answers = engine.generate(PROMPTS, 6, keys=keys)
+        nxt = [p + a + "<|im_end|>\n<|im_start|>user\nAre you sure?<|im_end|>\n<|im_start|>assistant\n"
+               for p, a in zip(PROMPTS, answers)]
+        encoded = []
+        real = engine._step
+        monkeypatch.setattr(engine, "_step", lambda ids, mask, *a, **k: (
+            encoded.append(int(mask[:, -ids.shape[1]:].sum())) if ids.shape[1] > 1 else None, real(ids, mask, *a, **k))[1])
+        warm = engine.generate(nxt, 4, keys=keys)
+    finally:
+        engine.reuse_prefixes(False)
+    monkeypatch.undo()
+    assert warm == engine.generate(nxt, 4)
+    # what the cache holds per row: the prompt and the answer's tokens but its last (which is never fed back);
+    # the next prompt reuses as much of that as it repeats token for token (a random model's answers need not
+    # re-tokenise the same, e.g. where they end inside a multi-byte character)
+    expected, reused_answer_tokens = 0, 0
+    for p, new in zip(PROMPTS, nxt):
+        p_ids, new_ids = (tok(t, add_special_tokens=False)["input_ids"] for t in (p, new))
+        with torch.inference_mode():
+            gen = engine.model.generate(torch.tensor([p_ids]), max_new_tokens=6, do_sample=False,
+                                        pad_token_id=tok.pad_token_id)[0, len(p_ids):].tolist()
+        common = _common_prefix(p_ids + gen[:-1], new_ids, len(new_ids) - 1)
+        expected += len(new_ids) - common
+        reused_answer_tokens += common - len(p_ids)
+    assert reused_answer_tokens > 0
+    assert sum(encoded) == expected

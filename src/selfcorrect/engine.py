@@ -162,8 +162,14 @@ class Engine:
                 scores = self._score_on_cache(batch, last, mask, positions, cache)
             texts = [None] * len(batch)
             if max_new_tokens:
-                texts = self._greedy(last, mask, positions[:, -1:], cache, max_new_tokens)
+                texts, fed, mask = self._greedy(last, mask, positions[:, -1:], cache, max_new_tokens)
+                self._keep([r[2] for r in batch], [r[0] + f for r, f in zip(batch, fed)], mask, cache)
         return list(zip(texts, scores))
+
+    def _keep(self, keys: list, ids: list[list[int]], mask, cache) -> None:
+        """Store the batch's cache for the next stage or round of its examples, which starts with ``ids``."""
+        if self.prefix_store is not None and None not in keys:
+            self.prefix_store[frozenset(keys)] = (list(keys), ids, mask, cache, mask.shape[1])
 
     def _prefill(self, p_ids: list[list[int]], keys: list, room: int = 0):
         """Encode the prompts; where this batch's examples were encoded together before, reuse that KV cache.
@@ -193,8 +199,7 @@ class Engine:
             _reserve(cache, room)
             logits, mask, positions = self._extend(cache, mask, suffixes)
         mask = _compact(cache, mask)
-        if self.prefix_store is not None and None not in keys:
-            self.prefix_store[frozenset(keys)] = (list(keys), [list(i) for i in p_ids], mask, cache, mask.shape[1])
+        self._keep(keys, [list(i) for i in p_ids], mask, cache)
         return logits, mask, positions, cache
 
     def _extend(self, cache, mask, segments: list[list[int]], parents: list[int] | None = None):
@@ -287,7 +292,7 @@ class Engine:
         old_keys, old_ids, mask, cache, width = entry
         extra = cache.get_seq_length() - width
         if extra:
-            cache.crop(-extra)  # drop the decoded tokens; the next prompt re-reads the answer as text
+            cache.crop(-extra)  # columns past the stored ids (option scoring crops its own; this is a safeguard)
         order = [old_keys.index(k) for k in keys]
         if order != list(range(len(order))):
             index = torch.tensor(order, device=mask.device)
@@ -318,7 +323,12 @@ class Engine:
         return out
 
     def _greedy(self, last, mask, position, cache, max_new_tokens):
-        """Greedy decoding; once a quarter of the rows still decoding have finished, they leave the batch."""
+        """Greedy decoding; once a quarter of the rows still decoding have finished, they leave the batch.
+
+        Returns the texts, and the tokens fed into ``cache`` per row with its mask: the answer's KV cache, which
+        the next round reuses where its prompt repeats the answer. Rows that leave continue in a copy, so
+        ``cache`` then holds the tokens up to that step.
+        """
         import torch
 
         eos = torch.tensor(sorted(self.eos_ids), device=self.device)
@@ -328,12 +338,14 @@ class Engine:
         gen[:, 0] = nxt
         rows = torch.arange(len(nxt), device=self.device)  # which rows of the batch are still in the cache
         done = torch.isin(nxt, eos)
+        kept, kept_width = None, mask.shape[1]  # (mask, steps) of ``cache`` once rows have left it
         for step in range(1, max_new_tokens):
             finished = int(done.sum())
             if finished == len(done):
                 break
             if finished * _LEAVE_AT >= len(done) and max_new_tokens - step > 8:
                 keep = (~done).nonzero().squeeze(1)
+                kept = kept or (mask, step - 1)
                 cache = _rows_of(cache, keep)
                 mask, position, nxt, done, rows = mask[keep], position[keep], nxt[keep], done[keep], rows[keep]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
@@ -342,11 +354,13 @@ class Engine:
             nxt = torch.where(done, torch.full_like(nxt, pad), logits[:, -1].argmax(-1))
             gen[rows, step] = nxt
             done |= torch.isin(nxt, eos)
-        texts = []
+        kept = kept or (mask, mask.shape[1] - kept_width)
+        texts, fed = [], []
         for row in gen.tolist():
             cut = next((i for i, t in enumerate(row) if t in self.eos_ids), len(row))
             texts.append(cut_at_stops(self.tokenizer.decode(row[:cut], skip_special_tokens=True), self.stop_strings))
-        return texts
+            fed.append(row[:kept[1]])
+        return texts, fed, kept[0]
 
     # ------------------------------------------------------------ option scoring
     def _pad_left(self, seqs: list[list[int]]):
