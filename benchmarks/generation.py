@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
 
-from selfcorrect import data, sampling  # noqa: E402
+from selfcorrect import data  # noqa: E402
 from selfcorrect.conditions import Registry, RoundRecord  # noqa: E402
 from selfcorrect.engine import Engine  # noqa: E402
 from selfcorrect.formats import render  # noqa: E402

@@ -160,16 +160,17 @@ class Engine:
             scores = [None] * len(batch)
             if batch[0][1] is not None:
                 scores = self._score_on_cache(batch, last, mask, positions, cache)
-            texts = [None] * len(batch)
+            texts, fed = [None] * len(batch), [[] for _ in batch]
             if max_new_tokens:
                 texts, fed, mask = self._greedy(last, mask, positions[:, -1:], cache, max_new_tokens)
-                self._keep([r[2] for r in batch], [r[0] + f for r, f in zip(batch, fed)], mask, cache)
+            self._keep([r[2] for r in batch], [r[0] + f for r, f in zip(batch, fed)], mask, cache)
         return list(zip(texts, scores))
 
     def _keep(self, keys: list, ids: list[list[int]], mask, cache) -> None:
-        """Store the batch's cache for the next stage or round of its examples, which starts with ``ids``."""
+        """Store the batch's cache (prompt and answer tokens, ``ids``; ``mask`` covers all its columns) for the
+        next stage or round of its examples."""
         if self.prefix_store is not None and None not in keys:
-            self.prefix_store[frozenset(keys)] = (list(keys), ids, mask, cache, mask.shape[1])
+            self.prefix_store[frozenset(keys)] = (list(keys), ids, mask, cache)
 
     def _prefill(self, p_ids: list[list[int]], keys: list, room: int = 0):
         """Encode the prompts; where this batch's examples were encoded together before, reuse that KV cache.
@@ -199,7 +200,6 @@ class Engine:
             _reserve(cache, room)
             logits, mask, positions = self._extend(cache, mask, suffixes)
         mask = _compact(cache, mask)
-        self._keep(keys, [list(i) for i in p_ids], mask, cache)
         return logits, mask, positions, cache
 
     def _extend(self, cache, mask, segments: list[list[int]], parents: list[int] | None = None):
@@ -234,11 +234,8 @@ class Engine:
             if seg_width == 0:
                 continue  # nothing to encode: these rows keep their parent's columns
             rows = torch.tensor(group, device=self.device)
-            sub = new_cache(self.model.config)
-            if old_width:
-                for layer, old in zip(sub.layers, cache.layers):
-                    layer.lazy_initialization(old.keys, old.values)
-                    layer.keys, layer.values = old.keys[rows_of[rows]], old.values[rows_of[rows]]
+            sub = _rows_of(cache, rows_of[rows]) if old_width else new_cache(self.model.config)
+            _reserve(sub, 0)  # the batch's room is reserved once, in the merged cache
             input_ids, seg_mask = self._pad_left([segments[i] for i in group])
             sub_mask = torch.cat([new_mask[rows, :old_width], seg_mask], dim=1)
             sub_pos = _positions(sub_mask)[:, -seg_width:]
@@ -281,18 +278,15 @@ class Engine:
         return list(groups.values())
 
     def _stored(self, keys: list):
-        """(row order, previous ids, mask, cache cropped to the previous prompt) for this batch, or None."""
+        """(row order, previous ids, mask, cache) stored by this batch's examples (see ``_keep``), or None."""
         import torch
 
         if self.prefix_store is None or None in keys:
             return None
-        entry = self.prefix_store.pop(frozenset(keys), None)  # replaced by this batch's cache after the prefill
+        entry = self.prefix_store.pop(frozenset(keys), None)  # replaced by this batch's cache once it has answered
         if entry is None:
             return None
-        old_keys, old_ids, mask, cache, width = entry
-        extra = cache.get_seq_length() - width
-        if extra:
-            cache.crop(-extra)  # columns past the stored ids (option scoring crops its own; this is a safeguard)
+        old_keys, old_ids, mask, cache = entry
         order = [old_keys.index(k) for k in keys]
         if order != list(range(len(order))):
             index = torch.tensor(order, device=mask.device)
@@ -338,14 +332,14 @@ class Engine:
         gen[:, 0] = nxt
         rows = torch.arange(len(nxt), device=self.device)  # which rows of the batch are still in the cache
         done = torch.isin(nxt, eos)
-        kept, kept_width = None, mask.shape[1]  # (mask, steps) of ``cache`` once rows have left it
+        prompt_width, kept = mask.shape[1], None  # the mask of ``cache`` once rows have left it
         for step in range(1, max_new_tokens):
             finished = int(done.sum())
             if finished == len(done):
                 break
             if finished * _LEAVE_AT >= len(done) and max_new_tokens - step > 8:
                 keep = (~done).nonzero().squeeze(1)
-                kept = kept or (mask, step - 1)
+                kept = mask if kept is None else kept
                 cache = _rows_of(cache, keep)
                 mask, position, nxt, done, rows = mask[keep], position[keep], nxt[keep], done[keep], rows[keep]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
@@ -354,13 +348,14 @@ class Engine:
             nxt = torch.where(done, torch.full_like(nxt, pad), logits[:, -1].argmax(-1))
             gen[rows, step] = nxt
             done |= torch.isin(nxt, eos)
-        kept = kept or (mask, mask.shape[1] - kept_width)
+        kept = mask if kept is None else kept
+        n_fed = kept.shape[1] - prompt_width
         texts, fed = [], []
         for row in gen.tolist():
             cut = next((i for i, t in enumerate(row) if t in self.eos_ids), len(row))
             texts.append(cut_at_stops(self.tokenizer.decode(row[:cut], skip_special_tokens=True), self.stop_strings))
-            fed.append(row[:kept[1]])
-        return texts, fed, kept[0]
+            fed.append(row[:n_fed])
+        return texts, fed, kept
 
     # ------------------------------------------------------------ option scoring
     def _pad_left(self, seqs: list[list[int]]):
@@ -448,6 +443,7 @@ def _growing_layer():
         """
 
         room = 0
+        _buffers = None
 
         def adopt(self, keys, values, width: int) -> None:
             """Take ``keys``/``values`` as the buffers, their first ``width`` columns as the cache."""
@@ -459,7 +455,7 @@ def _growing_layer():
                 self.lazy_initialization(key_states, value_states)
             old = self.keys.shape[-2] if self.keys.numel() else 0
             new = old + key_states.shape[-2]
-            buf = getattr(self, "_buffers", None)
+            buf = self._buffers
             fresh = buf is None or not _views_of(self.keys, buf[0]) or not _views_of(self.values, buf[1])
             if fresh or buf[0].shape[-2] < new:
                 # a new layout reserves the announced room; outgrowing it adds a quarter, so long answers copy rarely
