@@ -14,7 +14,7 @@ os.environ.setdefault("SELFCORRECT_ROOT", workflow.basedir)
 
 from selfcorrect.conditions import Registry  # noqa: E402
 from selfcorrect.data import load_sources  # noqa: E402
-from selfcorrect.settings import (  # noqa: E402
+from selfcorrect.config_checks import (  # noqa: E402
     check_mirror,
     check_schema,
     check_study,

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from selfcorrect import bbq, data
-from selfcorrect.scoring_cli import score_prediction_files
+from selfcorrect.predictions import score_prediction_files
 
 FIELDS = {f: f"unifiedqa-t5-11b_pred_{f}" for f in ("race", "arc", "qonly")}
 

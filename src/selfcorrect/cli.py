@@ -34,7 +34,7 @@ def _data_dir(explicit: str | None, benchmark: str) -> Path:
 # ---------------------------------------------------------------- score-bbq
 
 def cmd_score_bbq(args) -> int:
-    from .scoring_cli import score_prediction_files
+    from .predictions import score_prediction_files
 
     table = score_prediction_files(
         args.predictions, args.prediction_field, metadata_dir=_metadata_dir(args.data),

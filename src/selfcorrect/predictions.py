@@ -1,4 +1,4 @@
-"""``selfcorrect score-bbq``: the official scoring of any jsonl of BBQ predictions (e.g. UnifiedQA's)."""
+"""Score any jsonl of BBQ predictions (e.g. UnifiedQA's) the official way; behind `selfcorrect score-bbq`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Checks of a study config beyond its JSON schema, and per-model cluster resources."""
+"""Checks of a study config beyond its JSON schema (one message per problem), and per-model cluster resources."""
 
 from __future__ import annotations
 
