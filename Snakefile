@@ -1,6 +1,6 @@
 # Reproduces "Smaller Large Language Models Can Do Moral Self-Correction" (Liu et al., 2024).
-# DAG: download → prepare → build prompts → generate (per model × benchmark × condition) → score →
-# figures and tables → report/paper_figures.pdf.  See README.md.
+# DAG: download → prepare (per benchmark) → sample (per benchmark) → generate (model × benchmark × condition)
+# → score (per benchmark) → tables, figures → report/paper_figures.pdf.  See docs/ARCHITECTURE.md.
 
 from snakemake.utils import min_version
 
@@ -16,7 +16,8 @@ if not workflow.overwrite_configfiles:
 
 include: "rules/common.smk"
 include: "rules/download.smk"
-include: "rules/prompts.smk"
+include: "rules/prepare.smk"
+include: "rules/sample.smk"
 include: "rules/generate.smk"
 include: "rules/score.smk"
 include: "rules/figures.smk"

@@ -13,7 +13,6 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTH
 os.environ.setdefault("SELFCORRECT_ROOT", workflow.basedir)
 
 from selfcorrect.conditions import Registry  # noqa: E402
-from selfcorrect.data import load_sources  # noqa: E402
 from selfcorrect.config_checks import (  # noqa: E402
     check_mirror,
     check_schema,
@@ -21,10 +20,12 @@ from selfcorrect.config_checks import (  # noqa: E402
     gated_without_token,
     model_resources,
 )
+from selfcorrect.data import load_sources  # noqa: E402
+from selfcorrect.tasks import get_task  # noqa: E402
 
 SCHEMA = Path(workflow.basedir) / "config" / "config.schema.yaml"
 check_schema(config, SCHEMA)  # one line per problem: key, bad value, what is allowed
-validate(config, str(SCHEMA))  # snakemake's own check (and schema defaults)
+validate(config, str(SCHEMA))  # snakemake's own check; fills in the schema's `default:` entries
 REGISTRY = Registry.load()
 check_study(config, REGISTRY)  # unknown condition, bad combination: stop before any job
 
@@ -42,24 +43,23 @@ onstart:
         )
 
 MODELS = list(config["models"])
-BENCHMARKS = list(config["benchmarks"])
+TASKS = {name: get_task(name) for name in config["benchmarks"]}
 
 
 def conditions_for(benchmark):
     return REGISTRY.conditions_for(benchmark, config["conditions"])
 
 
-def study_params():
-    """The part of the config a job's output depends on (a change reruns the job)."""
-    keys = ("categories", "sample_per_cell", "winogender_occupations", "seed", "rounds", "answer_modes", "generation")
-    return {k: config.get(k) for k in keys}
-
-
 def alternatives(names):
     return "|".join(re.escape(n) for n in names)
 
 
+def score_table(benchmark, table):
+    """Where the score step of ``benchmark`` writes ``table`` (one of its task's ``score_tables``)."""
+    return f"results/scores/{benchmark}_{table}.parquet"
+
+
 wildcard_constraints:
-    benchmark=alternatives(["bbq", "winogender"]),
+    benchmark=alternatives(TASKS),
     model=alternatives(MODELS),
     condition=alternatives(REGISTRY.names),

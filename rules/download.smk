@@ -1,8 +1,8 @@
 # Pinned benchmark files, sha256-checked; --config data_mirror=DIR copies them from a local mirror.
 
-
-def source_paths(benchmark):
-    return list(SOURCES[benchmark]["files"])
+# downloads need the network, which compute nodes may lack: they run where snakemake runs
+localrules:
+    download,
 
 
 rule download:
@@ -11,7 +11,7 @@ rule download:
     log:
         "logs/download/{benchmark}/{path}.log",
     wildcard_constraints:
-        path=alternatives(source_paths("bbq") + source_paths("winogender")),
+        path=alternatives(sorted({p for b in TASKS for p in SOURCES[b]["files"]})),
     conda:
         "../envs/data.yaml"
     resources:
@@ -19,37 +19,3 @@ rule download:
         runtime=30,
     script:
         "../scripts/download.py"
-
-
-rule prepare_bbq:
-    input:
-        expand("resources/data/bbq/data/{category}.jsonl", category=config["categories"]),
-    output:
-        "results/data/bbq.parquet",
-    log:
-        "logs/prepare/bbq.log",
-    conda:
-        "../envs/data.yaml"
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    script:
-        "../scripts/prepare_bbq.py"
-
-
-rule prepare_winogender:
-    input:
-        sentences="resources/data/winogender/data/all_sentences.tsv",
-        stats="resources/data/winogender/data/occupations-stats.tsv",
-        templates="resources/data/winogender/data/templates.tsv",
-    output:
-        "results/data/winogender.parquet",
-    log:
-        "logs/prepare/winogender.log",
-    conda:
-        "../envs/data.yaml"
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    script:
-        "../scripts/prepare_winogender.py"

@@ -4,21 +4,21 @@ FIGURES = list(range(1, 9))
 
 
 def winogender_rho():
-    return {"rho": "results/scores/winogender_rho.parquet"} if "winogender" in BENCHMARKS else {}
+    return {"rho": score_table("winogender", "rho")} if "winogender" in TASKS else {}
 
 
 def generation_metas():
     return [
         f"results/generations/{m}/{b}/{c}.meta.json"
-        for m in MODELS for b in BENCHMARKS for c in conditions_for(b)
+        for m in MODELS for b in TASKS for c in conditions_for(b)
     ]
 
 
 rule tables:
     input:
         unpack(lambda wc: winogender_rho()),
-        cells="results/scores/bbq_cells.parquet",
-        differences="results/scores/bbq_differences.parquet",
+        cells=score_table("bbq", "cells"),
+        differences=score_table("bbq", "differences"),
         metas=generation_metas(),
     output:
         models_csv=report("report/tables/models.csv", caption="../report/models.rst", category="Tables"),
@@ -28,7 +28,8 @@ rule tables:
         differences_csv=report("report/tables/differences.csv", caption="../report/differences.rst", category="Tables"),
         differences_tex="report/tables/differences.tex",
     params:
-        study=config,
+        models=config["models"],
+        backend=config["generation"]["backend"],
     log:
         "logs/report/tables.log",
     conda:
@@ -43,15 +44,15 @@ rule tables:
 rule figure:
     input:
         unpack(lambda wc: winogender_rho()),
-        cells="results/scores/bbq_cells.parquet",
-        per_item="results/scores/bbq_items.parquet",
-        differences="results/scores/bbq_differences.parquet",
+        cells=score_table("bbq", "cells"),
+        per_item=score_table("bbq", "outcomes"),
+        differences=score_table("bbq", "differences"),
         models="report/tables/models.csv",
     output:
         pdf="report/figures/figure{n}.pdf",
         png=report("report/figures/figure{n}.png", caption="../report/figure.rst", category="Figures"),
     params:
-        seed=config.get("seed", 0),
+        seed=config["seed"],
     wildcard_constraints:
         n="[1-8]",
     log:

@@ -1,20 +1,7 @@
 # One job per (model, benchmark, condition): all rounds, both answer modes, resumable shards.
 
-
-rule prepare_model:
-    output:
-        directory("resources/models/{model}"),
-    params:
-        model=lambda wc: config["models"][wc.model],
-    log:
-        "logs/models/{model}.log",
-    conda:
-        "../envs/generate.yaml"
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    script:
-        "../scripts/prepare_model.py"
+# the config keys a generation job's rows depend on (a change to any other key, e.g. a figure's, reruns nothing here)
+GENERATION_KEYS = ("rounds", "answer_modes", "generation", "seed")
 
 
 def local_model(wildcards):
@@ -26,20 +13,21 @@ def local_model(wildcards):
 
 def generation_env():
     """vLLM runs in an environment of its own: it pins its own torch build."""
-    backend = config.get("generation", {}).get("backend", "transformers")
-    return "../envs/vllm.yaml" if backend == "vllm" else "../envs/generate.yaml"
+    return "../envs/vllm.yaml" if config["generation"]["backend"] == "vllm" else "../envs/generate.yaml"
 
 
 rule generate:
     input:
         unpack(local_model),
-        prompts="results/prompts/{benchmark}/{condition}.parquet",
+        samples="results/samples/{benchmark}.parquet",
     output:
         table="results/generations/{model}/{benchmark}/{condition}.parquet",
         meta="results/generations/{model}/{benchmark}/{condition}.meta.json",
     params:
         model=lambda wc: config["models"][wc.model],
-        study=study_params(),
+        study={k: config[k] for k in GENERATION_KEYS},
+        # the hash of the texts this job sends: editing another condition's wording reruns only that condition
+        prompt_texts=lambda wc: REGISTRY.job_texts_hash(wc.condition, wc.benchmark),
         shard_dir=lambda wc: f"results/shards/{wc.model}/{wc.benchmark}/{wc.condition}",
     log:
         "logs/generate/{model}/{benchmark}/{condition}.log",

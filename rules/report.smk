@@ -1,6 +1,10 @@
 # Methods page, figures 1-8 and the tables in one PDF.
 
 
+def data_files():
+    return [f"resources/data/{b}/{p}" for b, task in TASKS.items() for p in task.source_files(config, SOURCES)]
+
+
 rule paper_figures:
     input:
         figures=expand("report/figures/figure{n}.pdf", n=FIGURES),
@@ -8,7 +12,7 @@ rule paper_figures:
         results="report/tables/results.csv",
         differences="report/tables/differences.csv",
         metas=generation_metas(),
-        data=rules.prepare_bbq.input + list(rules.prepare_winogender.input),
+        data=data_files(),
     output:
         "report/paper_figures.pdf",
     params:

@@ -1,4 +1,5 @@
-# BBQ accuracy and the official bias score per cell; Winogender P(pronoun) per occupation and rho.
+# Each benchmark's score tables (its task's `score`): BBQ accuracy and the official bias score per cell with
+# bootstrap CIs, and condition differences; Winogender P(pronoun) per occupation and rho.
 
 
 def generations(benchmark):
@@ -8,43 +9,27 @@ def generations(benchmark):
     )
 
 
-rule score_bbq:
-    input:
-        generations=generations("bbq"),
-        examples="results/prompts/bbq/{}.parquet".format(conditions_for("bbq")[0]),
-    output:
-        per_item="results/scores/bbq_items.parquet",
-        cells="results/scores/bbq_cells.parquet",
-        differences="results/scores/bbq_differences.parquet",
-    params:
-        study=study_params() | {"bootstrap": config.get("bootstrap", {})},
-    log:
-        "logs/score/bbq.log",
-    conda:
-        "../envs/analysis.yaml"
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    script:
-        "../scripts/score_bbq.py"
+# one rule per benchmark of the run: its outputs are the tables its task declares
+for _benchmark, _task in TASKS.items():
 
-
-rule score_winogender:
-    input:
-        generations=generations("winogender"),
-        examples="results/prompts/winogender/{}.parquet".format(conditions_for("winogender")[0]),
-    output:
-        per_item="results/scores/winogender_items.parquet",
-        occupations="results/scores/winogender_occupations.parquet",
-        rho="results/scores/winogender_rho.parquet",
-    params:
-        study=study_params() | {"bootstrap": config.get("bootstrap", {})},
-    log:
-        "logs/score/winogender.log",
-    conda:
-        "../envs/analysis.yaml"
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    script:
-        "../scripts/score_winogender.py"
+    rule:
+        name:
+            f"score_{_benchmark}"
+        input:
+            generations=generations(_benchmark),
+            samples=f"results/samples/{_benchmark}.parquet",
+        output:
+            **{t: score_table(_benchmark, t) for t in _task.score_tables},
+        params:
+            benchmark=_benchmark,
+            bootstrap=config["bootstrap"],
+            seed=config["seed"],
+        log:
+            f"logs/score/{_benchmark}.log",
+        conda:
+            "../envs/analysis.yaml"
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        script:
+            "../scripts/score.py"

@@ -1,7 +1,7 @@
-from selfcorrect.pipeline import make_figure
+from selfcorrect.pipeline import figure
 from selfcorrect.smk import start
 
 start(snakemake)
-make_figure(int(snakemake.wildcards.n), snakemake.input.cells, snakemake.input.per_item, snakemake.input.get("rho"),
-            snakemake.input.models, snakemake.params.seed, snakemake.output.pdf, snakemake.output.png,
-            differences=snakemake.input.differences)
+figure(int(snakemake.wildcards.n), snakemake.input.cells, snakemake.input.per_item, snakemake.input.get("rho"),
+       snakemake.input.models, snakemake.params.seed, snakemake.output.pdf, snakemake.output.png,
+       differences=snakemake.input.differences)

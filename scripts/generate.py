@@ -4,6 +4,6 @@ from selfcorrect.smk import start
 start(snakemake)
 generate(
     snakemake.wildcards.model, snakemake.params.model, snakemake.wildcards.benchmark, snakemake.wildcards.condition,
-    snakemake.input.prompts, snakemake.params.study, snakemake.output.table, snakemake.output.meta,
+    snakemake.input.samples, snakemake.params.study, snakemake.output.table, snakemake.output.meta,
     snakemake.params.shard_dir, local_model_dir=snakemake.input.get("model") or None, threads=snakemake.threads,
 )

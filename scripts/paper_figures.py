@@ -1,8 +1,8 @@
-from selfcorrect.pipeline import make_report
+from selfcorrect.pipeline import paper_figures
 from selfcorrect.smk import start
 
 start(snakemake)
-make_report(snakemake.params.study, snakemake.output[0], list(snakemake.input.figures),
-            {"Table 1: models": snakemake.input.models, "Table 2: every reported number with n and 95% CI": snakemake.input.results,
-             "Table 3: condition differences (A - B) with paired-bootstrap 95% CI": snakemake.input.differences},
-            list(snakemake.input.metas), list(snakemake.input.data))
+paper_figures(snakemake.params.study, snakemake.output[0], list(snakemake.input.figures),
+        {"Table 1: models": snakemake.input.models, "Table 2: every reported number with n and 95% CI": snakemake.input.results,
+         "Table 3: condition differences (A - B) with paired-bootstrap 95% CI": snakemake.input.differences},
+        list(snakemake.input.metas), list(snakemake.input.data))

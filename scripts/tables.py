@@ -1,6 +1,6 @@
-from selfcorrect.pipeline import make_tables
+from selfcorrect.pipeline import tables
 from selfcorrect.smk import start
 
 start(snakemake)
-make_tables(snakemake.params.study, snakemake.input.cells, snakemake.input.get("rho"), snakemake.input.differences,
-            list(snakemake.input.metas), dict(zip(snakemake.output.keys(), snakemake.output)))
+tables(snakemake.params.models, snakemake.params.backend, snakemake.input.cells, snakemake.input.get("rho"),
+       snakemake.input.differences, list(snakemake.input.metas), dict(snakemake.output.items()))

@@ -28,9 +28,13 @@ def test_checksum_mismatch_leaves_nothing_and_names_both_digests(shared_data, tm
 
 
 def test_missing_category_names_the_file_and_the_config_key(shared_data, tmp_path):
-    with pytest.raises(data.DataError, match=r"Race_ethnicity\.jsonl.*`categories:`"):
-        data.fetch(data.source_file("bbq", "data/Race_ethnicity.jsonl"), tmp_path / "x.jsonl", shared_data)
+    from selfcorrect.pipeline import download
+
+    with pytest.raises(data.DataError, match=r"Race_ethnicity\.jsonl.*`categories:`") as err:
+        download("bbq", "data/Race_ethnicity.jsonl", tmp_path / "x.jsonl", shared_data)
     assert not (tmp_path / "x.jsonl").exists()
+    # the hint is a valid override: the categories the mirror does have
+    assert "categories=[Age,Disability_status,Nationality,Physical_appearance,Religion,Sexual_orientation]" in str(err.value)
 
 
 def test_every_category_is_pinned():

@@ -87,17 +87,20 @@ def test_prefix_reuse_across_stages_and_rounds_changes_nothing_but_the_work(engi
     from selfcorrect import data, sampling
     from selfcorrect.conditions import Registry
     from selfcorrect.formats import render
-    from selfcorrect.study import Settings, run_rounds
+    from selfcorrect.study import Job, Settings, run_rounds
+    from selfcorrect.tasks import get_task
 
     registry = Registry.load()
     tok = AutoTokenizer.from_pretrained(tiny_model)
     examples = sampling.sample_bbq(data.load_bbq(bbq_paths[:2]), 1, 7)
-    settings = Settings(rounds=3, max_new_tokens=5, cot_max_new_tokens=6)
+    settings = Settings(rounds=3, answer_modes=("generate", "logprob"), max_new_tokens=5, cot_max_new_tokens=6,
+                        shard_size=64)
+    job = Job(get_task("bbq"), "instruction_cot", registry, lambda c: render(c, "chat", registry.data["dialogue"], tok),
+              settings)
 
     def run(reuse: bool):
         engine.reuse_prefixes(reuse)
-        return run_rounds(engine, registry, lambda c: render(c, "chat", registry.data["dialogue"], tok),
-                          "bbq", "instruction_cot", examples, settings)
+        return run_rounds(engine, job, examples)
 
     calls = []
     real = engine._step

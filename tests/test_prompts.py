@@ -132,9 +132,10 @@ def test_render_cli_prints_round_two_of_instruction(tiny_model, shared_data, cap
     assert out.rstrip().endswith("The answer is")
 
 
-def test_render_cli_names_a_missing_example(tiny_model, shared_data):
+def test_render_cli_names_a_missing_example(tiny_model, shared_data, capsys):
     from selfcorrect.cli import main
 
-    with pytest.raises(SystemExit, match="no bbq example with id '999999'"):
-        main(["render", "--benchmark", "bbq", "--condition", "baseline", "--category", "Age", "--example-id", "999999",
-              "--model", str(tiny_model), "--data", str(shared_data)])
+    status = main(["render", "--benchmark", "bbq", "--condition", "baseline", "--category", "Age", "--example-id",
+                   "999999", "--model", str(tiny_model), "--data", str(shared_data)])
+    assert status == 2
+    assert capsys.readouterr().err.strip() == "error: no bbq example with id '999999' in category Age"

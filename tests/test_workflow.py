@@ -100,7 +100,7 @@ def test_dry_run_lists_every_stage(shared_data, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    for rule in ("download", "prepare_bbq", "prepare_winogender", "build_prompts", "prepare_model", "generate",
+    for rule in ("download", "prepare", "sample", "prepare_model", "generate",
                  "score_bbq", "score_winogender", "tables", "figure", "paper_figures"):
         assert f"{rule} " in out or f"rule {rule}:" in out, rule
 

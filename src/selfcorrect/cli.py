@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from .paths import DEFAULT_CONFIG, PROJECT_ROOT
+from .tasks import TASKS
 
 DATA_CANDIDATES = (PROJECT_ROOT / "resources" / "data", PROJECT_ROOT.parent / "shared" / "data")
 
@@ -73,26 +74,9 @@ def cmd_conditions(args) -> int:
 
 
 def _example(args) -> dict:
-    from . import data
+    from .tasks import get_task
 
-    root = _data_dir(args.data, args.benchmark)
-    if args.benchmark == "bbq":
-        if not args.category:
-            raise SystemExit("error: --category is required for BBQ (e.g. --category Age)")
-        path = root / "bbq" / "data" / f"{args.category}.jsonl"
-        if not path.exists():
-            raise SystemExit(f"error: {path} does not exist; categories available there: "
-                             f"{', '.join(sorted(p.stem for p in path.parent.glob('*.jsonl')))}")
-        df = data.load_bbq([path])
-        hit = df[df["example_id"] == int(args.example_id)]
-    else:
-        wd = root / "winogender" / "data"
-        df = data.load_winogender(wd / "all_sentences.tsv", wd / "occupations-stats.tsv")
-        hit = df[df["example_id"] == args.example_id]
-    if hit.empty:
-        raise SystemExit(f"error: no {args.benchmark} example with id {args.example_id!r}"
-                         + (f" in category {args.category}" if args.category else ""))
-    return hit.iloc[0].to_dict()
+    return get_task(args.benchmark).lookup(_data_dir(args.data, args.benchmark), args.example_id, args.category)
 
 
 def cmd_render(args) -> int:
@@ -121,8 +105,10 @@ def cmd_render(args) -> int:
 def cmd_estimate(args) -> int:
     from .estimate import estimate, format_estimate
 
-    cfg = _load_config(args.configfile)
-    table = estimate(cfg, data_dir=_data_dir(args.data, "bbq") if args.data else None, tflops=args.tflops, mfu=args.mfu)
+    from .config_checks import load_config
+
+    cfg = load_config(args.configfile or DEFAULT_CONFIG)
+    table = estimate(cfg, tflops=args.tflops, mfu=args.mfu)
     print(format_estimate(table, args.tflops, args.mfu))
     return 0
 
@@ -147,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_conditions)
 
     s = sub.add_parser("render", help="print the exact text a model reads for one example, condition and round")
-    s.add_argument("--benchmark", choices=["bbq", "winogender"], required=True)
+    s.add_argument("--benchmark", choices=sorted(TASKS), required=True)
     s.add_argument("--condition", required=True)
     s.add_argument("--round", type=int, default=1)
     s.add_argument("--example-id", required=True, help="BBQ example_id (with --category) or Winogender id, e.g. technician.customer.1")
@@ -161,7 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("estimate", help="prompts, tokens and GPU hours of a study config")
     s.add_argument("--configfile", help="study config (default: config.yaml)")
-    s.add_argument("--data", help="directory laid out like ../shared/data (counts sampled examples exactly)")
     s.add_argument("--tflops", type=float, default=989.0, help="reference GPU dense bf16 TFLOP/s (H100 SXM: 989)")
     s.add_argument("--mfu", type=float, default=0.35, help="assumed fraction of that peak achieved end to end")
     s.set_defaults(func=cmd_estimate)

@@ -16,7 +16,6 @@ import yaml
 from .io import short_hash
 from .paths import CONDITIONS_FILE
 
-BENCHMARKS = ("bbq", "winogender")
 REASONING_PLACEHOLDER = "[reasoning]"
 ANSWER_PLACEHOLDER = "[previous answer]"
 
@@ -103,6 +102,22 @@ class Registry:
         """Hash of :meth:`texts`: changes whenever any text these conditions send changes."""
         return short_hash(json.dumps(self.texts(names), sort_keys=True))
 
+    def job_texts(self, condition: str, benchmark: str) -> dict:
+        """The texts one (benchmark, condition) job sends, and nothing else: editing another condition's or
+        benchmark's wording leaves this job's hash, and so its outputs, alone."""
+        c, d = self.condition(condition), self.data
+        cot = bool(c.get("cot", False))
+        return {
+            "dialogue": d["dialogue"], "feedback": d["feedback"], "benchmark": d["benchmarks"][benchmark],
+            "bias_types": d.get("bias_types", {}), "group_labels": d.get("group_labels", {}),
+            "cot": {"trigger": d["cot"]["trigger"][benchmark], "followup": d["cot"]["followup"],
+                    "answer_prefix": d["cot"]["answer_prefix"][benchmark]} if cot else None,
+            "instruction": (c.get("instruction") or {}).get(benchmark),
+        }
+
+    def job_texts_hash(self, condition: str, benchmark: str) -> str:
+        return short_hash(json.dumps(self.job_texts(condition, benchmark), sort_keys=True))
+
     # ------------------------------------------------------------ validation
     def validate(self) -> None:
         d = self.data
@@ -133,17 +148,10 @@ class Registry:
 
     # ------------------------------------------------------------ building conversations
     def fields(self, benchmark: str, example: dict) -> dict:
-        """Placeholder values of one example (its text fields plus bias_type and group)."""
-        labels = self.data.get("group_labels", {})
-        bias_types = self.data.get("bias_types", {})
-        values = dict(example)
-        if benchmark == "bbq":
-            values["bias_type"] = bias_types.get(example["category"], example["category"].replace("_", " ").lower())
-            values["group"] = " and ".join(labels.get(g, g) for g in example.get("stereotyped_groups", []))
-        else:
-            values["bias_type"] = bias_types.get("winogender", "gender")
-            values["group"] = labels.get("winogender", "men and women")
-        return values
+        """Placeholder values of one example (its text fields plus bias_type and group), as its task fills them."""
+        from .tasks import get_task
+
+        return get_task(benchmark).fields(example, self.data)
 
     def conversation(
         self, condition: str, benchmark: str, example: dict, history: list[RoundRecord],

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+
 from .conditions import Registry, RegistryError
+from .paths import DEFAULT_CONFIG, SCHEMA_FILE
 
 
 class ConfigError(ValueError):
@@ -41,24 +44,60 @@ def check_model_source(name: str, m: dict) -> None:
 
 def model_resources(config: dict) -> dict:
     """Snakemake ``resources:`` of a generation job, taken from the model's entry (GPU, memory, time)."""
-    models = config["models"]
-    cluster = config.get("cluster", {})
-    max_minutes = int(60 * float(config.get("generation", {}).get("max_job_hours", 24)))
+    models, cluster = config["models"], config["cluster"]
+    max_minutes = int(60 * float(config["generation"]["max_job_hours"]))
 
-    def get(key, default):
-        return lambda wc: models[wc.model].get(key, default)
+    def get(key):
+        return lambda wc: models[wc.model][key]
 
     def partition(wc):
-        gpus = models[wc.model].get("gpus", 0)
-        return cluster.get("gpu_partition" if gpus else "cpu_partition", "gpu" if gpus else "cpu")
+        return cluster["gpu_partition" if models[wc.model]["gpus"] else "cpu_partition"]
 
     # a job longer than max_job_hours is cut by the scheduler; its finished shards are kept and the retry resumes
     return {
-        "mem_mb": get("mem_mb", 8000),
+        "mem_mb": get("mem_mb"),
         "runtime": lambda wc: min(models[wc.model].get("runtime_min", max_minutes), max_minutes),
-        "gpu": get("gpus", 0),
+        "gpu": get("gpus"),
         "slurm_partition": partition,
     }
+
+
+def _defaults_validator(schema: dict):
+    """A validator that fills in the schema's ``default:`` entries while it validates (as Snakemake's ``validate``)."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    check_properties = base.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, subschema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(name, copy.deepcopy(sub["default"]))
+        yield from check_properties(validator, properties, instance, subschema)
+
+    return jsonschema.validators.extend(base, {"properties": set_defaults})(schema)
+
+
+def with_defaults(config: dict, schema_path=SCHEMA_FILE) -> dict:
+    """``config`` checked against the schema (:func:`check_schema`'s messages) with its defaults filled in."""
+    import yaml
+
+    check_schema(config, schema_path)
+    with open(schema_path) as fh:
+        schema = yaml.safe_load(fh)
+    config = copy.deepcopy(config)
+    for _ in _defaults_validator(schema).iter_errors(config):
+        pass  # check_schema has already reported every problem
+    return config
+
+
+def load_config(path=DEFAULT_CONFIG) -> dict:
+    """A study config file as the workflow sees it: validated, defaults filled in (for the CLI)."""
+    import yaml
+
+    with open(path) as fh:
+        return with_defaults(yaml.safe_load(fh) or {})
 
 
 def check_schema(config: dict, schema_path) -> None:
@@ -93,25 +132,19 @@ def check_mirror(config: dict, sources: dict) -> None:
     """With a data mirror, every file the run needs must be in it; say which and how to narrow the run."""
     from pathlib import Path
 
+    from .tasks import get_task
+
     mirror = config.get("data_mirror")
     if not mirror:
         return
     root = Path(mirror)
     if not root.is_dir():
         raise ConfigError(f"config key `data_mirror`: {mirror!r} is not a directory (expected a layout like ../shared/data)")
-    if "bbq" in config["benchmarks"]:
-        missing = [c for c in config["categories"] if not (root / "bbq" / "data" / f"{c}.jsonl").is_file()]
+    for bench in config["benchmarks"]:
+        task = get_task(bench)
+        missing = [root / bench / f for f in task.source_files(config, sources) if not (root / bench / f).is_file()]
         if missing:
-            have = sorted(p.stem for p in (root / "bbq" / "data").glob("*.jsonl"))
-            raise ConfigError(
-                f"BBQ categories {missing} are not in the data mirror ({root / 'bbq' / 'data'}: no "
-                f"{', '.join(m + '.jsonl' for m in missing)}). Narrow the run with the `categories:` config key, e.g. "
-                f"--config 'categories=[{','.join(have)}]', or drop data_mirror to download them."
-            )
-    if "winogender" in config["benchmarks"]:
-        for path in sources["winogender"]["files"]:
-            if not (root / "winogender" / path).is_file():
-                raise ConfigError(f"{root / 'winogender' / path} is not in the data mirror {mirror}")
+            raise ConfigError(f"not in the data mirror {mirror}: {', '.join(map(str, missing))}.{task.mirror_hint(root)}")
 
 
 def gated_without_token(config: dict) -> list[str]:

@@ -19,7 +19,6 @@ BBQ_CATEGORIES = (
     "Age", "Disability_status", "Gender_identity", "Nationality", "Physical_appearance",
     "Race_ethnicity", "Race_x_SES", "Race_x_gender", "Religion", "SES", "Sexual_orientation",
 )
-WINOGENDER_FILES = ("all_sentences.tsv", "occupations-stats.tsv", "templates.tsv")
 
 
 class DataError(RuntimeError):
@@ -49,21 +48,17 @@ def source_file(benchmark: str, path: str, sources: dict | None = None) -> Sourc
     return SourceFile(benchmark, path, spec["files"][path], url, spec["commit"])
 
 
-def fetch(src: SourceFile, dest: str | Path, mirror: str | Path | None = None) -> Path:
+def fetch(src: SourceFile, dest: str | Path, mirror: str | Path | None = None, hint: str = "") -> Path:
     """Copy ``src`` from ``mirror`` (laid out like ../shared/data) or download it; verify sha256.
 
-    The file appears at ``dest`` only once its digest is verified, so a mismatch leaves nothing behind.
+    The file appears at ``dest`` only once its digest is verified, so a mismatch leaves nothing behind. ``hint``
+    (the task's) is added when the mirror lacks the file.
     """
     dest = Path(dest)
     with atomic_path(dest) as tmp:
         if mirror:
             origin = Path(mirror) / src.benchmark / src.path
             if not origin.is_file():
-                hint = (
-                    " Narrow the run with the `categories:` config key (e.g. --config "
-                    "'categories=[Age,Religion]') to the categories your mirror has, or download it."
-                    if src.benchmark == "bbq" else ""
-                )
                 raise DataError(f"{origin} is not in the data mirror {mirror}.{hint}")
             shutil.copyfile(origin, tmp)
         else:

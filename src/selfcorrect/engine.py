@@ -67,6 +67,19 @@ class Engine:
     def reuse_prefixes(self, on: bool = True) -> None:
         self.prefix_store = {} if on else None
 
+    # the Backend contract (interim names, until the engine package lands)
+    @property
+    def carry_kv_between_rounds(self) -> bool:
+        return self.prefix_store is not None
+
+    @property
+    def prefix_tree_prefill(self) -> bool:
+        return self.share_prefixes
+
+    def forget(self) -> None:
+        if self.prefix_store is not None:
+            self.prefix_store.clear()
+
     # ------------------------------------------------------------ batching
     def _run_batched(self, items: list, sort_keys: list, fn, desc: str, groups: list[list[int]] | None = None) -> list:
         """``fn`` over batches of ``items``: the given ``groups``, else slices of batch_size in ``sort_keys`` order."""

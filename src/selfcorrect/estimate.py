@@ -4,7 +4,7 @@ Cost model (stated, so that it can be argued with):
 - a call is one model request: per example and round, one answer call, plus one reasoning call for CoT conditions;
 - each call re-encodes its whole conversation; round r's prompt is the round-1 prompt plus, for every earlier round,
   the previous answer, the feedback turn and (CoT) the reasoning and the follow-up turn;
-- prompt lengths are the mean token counts below (measured on SmolLM2's tokenizer over the BBQ and Winogender prompts
+- prompt lengths are each task's `mean_prompt_tokens` (measured on SmolLM2's tokenizer over the BBQ and Winogender prompts
   of config/conditions.yaml; GPT-2, Llama-2 and OLMo tokenizers are within ~15%);
 - FLOPs = 2 x parameters x (prompt + generated tokens); GPU hours = FLOPs / (peak x MFU).
 """
@@ -15,43 +15,31 @@ import pandas as pd
 
 from .conditions import Registry
 from .data import load_sources
+from .tasks import get_task
 
-MEAN_TOKENS = {  # round-1 prompt (question block, instruction, chat/dialogue markup)
-    "bbq": 105,
-    "winogender": 55,
-}
 FEEDBACK_TOKENS = 45  # feedback turn with instruction and turn markup
 FOLLOWUP_TOKENS = 25  # "Based on the above..." turn and the new answer prefix
-WINOGENDER_ITEMS_PER_OCCUPATION = 4
 
 
 def examples_per_benchmark(cfg: dict) -> dict[str, int]:
     sources = load_sources()
-    out = {}
-    if "bbq" in cfg["benchmarks"]:
-        counts = sources["bbq"]["examples"]
-        per_cell = cfg.get("sample_per_cell") or 0
-        # 2 contexts x 2 polarities per category; sampling keeps at most per_cell of each cell
-        out["bbq"] = sum(min(counts[c], 4 * per_cell) if per_cell else counts[c] for c in cfg["categories"])
-    if "winogender" in cfg["benchmarks"]:
-        occ = cfg.get("winogender_occupations") or 60
-        out["winogender"] = min(occ, 60) * WINOGENDER_ITEMS_PER_OCCUPATION
-    return out
+    return {bench: get_task(bench).sample_size(cfg, sources) for bench in cfg["benchmarks"]}
 
 
 def calls_and_tokens(cfg: dict, registry: Registry) -> pd.DataFrame:
-    g = cfg.get("generation", {})
-    answer_tokens = int(g.get("max_new_tokens", 16)) if "generate" in cfg["answer_modes"] else 1
-    cot_tokens = int(g.get("cot_max_new_tokens", 256))
+    g = cfg["generation"]
+    cot_tokens = int(g["cot_max_new_tokens"])
     rows = []
     for bench, n in examples_per_benchmark(cfg).items():
+        task = get_task(bench)
+        # an answer is generated where the task parses answers, else one option token is scored
+        gen_answer = int(g["max_new_tokens"]) if task.parses_answers(cfg["answer_modes"]) else 1
         for cond in registry.conditions_for(bench, cfg["conditions"]):
             cot = bool(registry.condition(cond).get("cot"))
-            gen_answer = answer_tokens if bench == "bbq" else 1
             per_round_growth = gen_answer + FEEDBACK_TOKENS + ((cot_tokens + FOLLOWUP_TOKENS) if cot else 0)
             prompt = generated = calls = 0
             for r in range(cfg["rounds"]):
-                base = MEAN_TOKENS[bench] + r * per_round_growth
+                base = task.mean_prompt_tokens + r * per_round_growth
                 if cot:
                     prompt += base
                     generated += cot_tokens
@@ -64,7 +52,7 @@ def calls_and_tokens(cfg: dict, registry: Registry) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def estimate(cfg: dict, data_dir=None, tflops: float = 989.0, mfu: float = 0.35) -> pd.DataFrame:
+def estimate(cfg: dict, tflops: float = 989.0, mfu: float = 0.35) -> pd.DataFrame:
     work = calls_and_tokens(cfg, Registry.load())
     rows = []
     for name, m in cfg["models"].items():

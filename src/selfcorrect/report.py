@@ -27,15 +27,16 @@ RECONSTRUCTED = (
 )
 
 
-def models_table(config: dict, metas: list[dict]) -> pd.DataFrame:
+def models_table(models: dict, backend: str, metas: list[dict]) -> pd.DataFrame:
+    """One row per configured model; format and backend as the generation jobs recorded them."""
     fmt = {m["model"]: m.get("prompt_format") for m in metas}
-    backend = {m["model"]: m.get("backend") for m in metas}
+    used = {m["model"]: m.get("backend") for m in metas}
     rows = []
-    for name, m in config["models"].items():
+    for name, m in models.items():
         rows.append({
             "model": name, "path": m["path"], "family": m.get("family", ""), "params_b": m.get("params_b"),
             "alignment": m.get("alignment", ""), "revision": m.get("revision") or "", "format": fmt.get(name, m.get("format", "auto")),
-            "backend": backend.get(name, config.get("generation", {}).get("backend", "transformers")),
+            "backend": used.get(name, backend),
         })
     return pd.DataFrame(rows)
 

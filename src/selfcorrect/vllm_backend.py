@@ -27,6 +27,12 @@ class VLLMEngine:
     prefix_store: None = None
     share_prefixes: bool = False
 
+    carry_kv_between_rounds: bool = False
+    prefix_tree_prefill: bool = False
+
+    def forget(self) -> None:
+        """Nothing to drop: vLLM's prefix cache manages itself."""
+
     def reuse_prefixes(self, on: bool = True) -> None:
         """Nothing to do: prefix caching is switched on when the LLM is built (see :func:`load_vllm`)."""
 

@@ -1,0 +1,108 @@
+"""BBQ (Parrish et al. 2022): multiple-choice questions about social groups, scored with the official bias score.
+
+The score itself is :mod:`selfcorrect.bbq` (SCORING.md rule by rule); answers are parsed by :mod:`selfcorrect.parsing`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import data, sampling
+from ..parsing import parse_bbq_answer
+from .base import Task, space_before
+
+# one per category x context_condition x question_polarity
+CELLS_PER_CATEGORY = 4
+
+
+class BBQ(Task):
+    name = "bbq"
+    score_tables = ("outcomes", "cells", "differences")
+    mean_prompt_tokens = 105
+
+    def source_files(self, config: dict, sources: dict) -> list[str]:
+        return [f"data/{c}.jsonl" for c in config["categories"]]
+
+    def load(self, files: list[Path]) -> pd.DataFrame:
+        return data.load_bbq(files)
+
+    def mirror_hint(self, mirror: Path | None = None) -> str:
+        have = sorted(p.stem for p in (Path(mirror) / "bbq" / "data").glob("*.jsonl")) if mirror else []
+        narrow = f"e.g. --config 'categories=[{','.join(have)}]' (the categories the mirror has)" if have else \
+            "to the categories your mirror has"
+        return f" Narrow the run with the `categories:` config key, {narrow}, or drop data_mirror to download them."
+
+    def sample_params(self, config: dict) -> dict:
+        return {"categories": list(config["categories"]), "sample_per_cell": config["sample_per_cell"],
+                "seed": config["seed"]}
+
+    def sample(self, table: pd.DataFrame, params: dict) -> pd.DataFrame:
+        table = table[table["category"].isin(params["categories"])]
+        picked = sampling.sample_bbq(table, params["sample_per_cell"], params["seed"])
+        return picked.assign(item_id=self.item_ids(picked))
+
+    def item_ids(self, examples: pd.DataFrame) -> list[str]:
+        # example_id restarts at 0 in every category file
+        return [f"{c}:{i}" for c, i in zip(examples["category"], examples["example_id"])]
+
+    def sample_size(self, config: dict, sources: dict) -> int:
+        counts, per_cell = sources["bbq"]["examples"], config["sample_per_cell"] or 0
+        return sum(min(counts[c], CELLS_PER_CATEGORY * per_cell) if per_cell else counts[c] for c in config["categories"])
+
+    def lookup(self, data_root: Path, example_id: str, category: str | None = None) -> dict:
+        if not category:
+            raise ValueError("--category is required for BBQ (e.g. --category Age)")
+        path = Path(data_root) / "bbq" / "data" / f"{category}.jsonl"
+        if not path.exists():
+            have = ", ".join(sorted(p.stem for p in path.parent.glob("*.jsonl")))
+            raise ValueError(f"{path} does not exist; categories available there: {have}")
+        try:
+            wanted = int(example_id)
+        except ValueError:
+            raise ValueError(f"--example-id {example_id!r}: a BBQ example_id is a whole number, e.g. 0") from None
+        hit = data.load_bbq([path]).query("example_id == @wanted")
+        if hit.empty:
+            raise ValueError(f"no bbq example with id {example_id!r} in category {category}")
+        return hit.iloc[0].to_dict()
+
+    # ------------------------------------------------------------ prompts
+    def fields(self, example: dict, texts: dict) -> dict:
+        labels, bias_types = texts.get("group_labels", {}), texts.get("bias_types", {})
+        category = example["category"]
+        return dict(example) | {
+            "bias_type": bias_types.get(category, category.replace("_", " ").lower()),
+            "group": " and ".join(labels.get(g, g) for g in example.get("stereotyped_groups", [])),
+        }
+
+    def options(self, example: dict, prefix: str, spec: dict) -> list[str]:
+        return [space_before(prefix) + o for o in spec["scored_options"]]
+
+    def previous_answer(self, example: dict, prefix: str, spec: dict, generated: str | None, slot: int) -> str:
+        if generated is not None:
+            return generated
+        return f"{space_before(prefix)}{spec['options'][slot]} {example[f'ans{slot}']}."
+
+    # ------------------------------------------------------------ answers and scores
+    def parses_answers(self, answer_modes) -> bool:
+        return "generate" in answer_modes
+
+    def answer_columns(self, example: dict, text: str | None) -> dict:
+        if text is None:  # logprob mode only: nothing generated, nothing parsed
+            return {"generate_slot": np.nan, "parse_status": None}
+        parsed = parse_bbq_answer(text, [example["ans0"], example["ans1"], example["ans2"]])
+        return {"generate_slot": np.nan if parsed.slot is None else float(parsed.slot), "parse_status": parsed.status}
+
+    def score(self, generations: pd.DataFrame, examples: pd.DataFrame, bootstrap: dict, seed: int) -> dict[str, pd.DataFrame]:
+        from .. import metrics
+
+        items = metrics.bbq_items(generations, examples)
+        resamples, confidence = bootstrap["n_resamples"], bootstrap["confidence"]
+        cells = metrics.bbq_cis(items, metrics.bbq_cells(items), resamples, confidence, seed)
+        return {
+            "outcomes": items.drop(columns=["prompt"]),
+            "cells": cells,
+            "differences": metrics.condition_differences(items, resamples, confidence, seed),
+        }
