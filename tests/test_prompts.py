@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from selfcorrect import data
-from selfcorrect.conditions import Registry, RegistryError, RoundRecord, placeholders
+from selfcorrect.conditions import Registry, RegistryError, RoundRecord
 from selfcorrect.formats import render
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -100,13 +100,6 @@ def test_a_condition_added_as_yaml_needs_no_code(tmp_path, examples):
     conv = reg.conversation("polite", "bbq", examples["bbq"], [])
     assert conv.turns[0].content.endswith("Kindly avoid stereotypes about religion.")
     assert "polite" in [r["name"] for r in reg.describe()]
-
-
-def test_every_instruction_uses_only_declared_placeholders():
-    for name, c in REGISTRY.data["conditions"].items():
-        for bench, text in (c.get("instruction") or {}).items():
-            if text:
-                assert placeholders(text) <= set(REGISTRY.data["benchmarks"][bench]["placeholders"]), name
 
 
 def test_conditions_cli_json(capsys):

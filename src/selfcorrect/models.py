@@ -36,10 +36,6 @@ class ModelSpec:
         return cls(name=name, **{k: v for k, v in cfg.items() if k in known},
                    extra={k: v for k, v in cfg.items() if k not in known})
 
-    @property
-    def is_gguf(self) -> bool:
-        return bool(self.gguf_file)
-
 
 def resolve_path(spec: ModelSpec) -> str:
     """Directory or hub id to load from; ``pypi:pkg`` is located with importlib, never imported."""
