@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 RUN = Path(os.environ.get("SELFCORRECT_RESULTS", Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()))
-items = pd.read_parquet(RUN / "results" / "scores" / "bbq_items.parquet")
+items = pd.read_parquet(RUN / "results" / "scores" / "bbq_outcomes.parquet")
 items.groupby(["model", "condition", "round", "answer_mode"])["kept"].mean().unstack("answer_mode")
 
 # %% [markdown]

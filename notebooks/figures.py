@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from selfcorrect import plotting
-from selfcorrect.pipeline import make_figure
+from selfcorrect.pipeline import figure
 
 RUN = Path(os.environ.get("SELFCORRECT_RESULTS", Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()))
 OUT = Path(os.environ.get("SELFCORRECT_NOTEBOOK_OUT", RUN / "results" / "notebook_figures"))
@@ -40,10 +40,10 @@ cells.head()
 
 # %%
 for n in range(1, 9):
-    make_figure(n, str(scores / "bbq_cells.parquet"), str(scores / "bbq_items.parquet"),
-                str(rho) if rho.exists() else None, str(RUN / "report" / "tables" / "models.csv"), seed=1234,
-                pdf_out=str(OUT / f"figure{n}.pdf"), png_out=str(OUT / f"figure{n}.png"),
-                differences=str(scores / "bbq_differences.parquet"))
+    figure(n, str(scores / "bbq_cells.parquet"), str(scores / "bbq_outcomes.parquet"),
+           str(rho) if rho.exists() else None, str(RUN / "report" / "tables" / "models.csv"), seed=1234,
+           pdf_out=str(OUT / f"figure{n}.pdf"), png_out=str(OUT / f"figure{n}.png"),
+           differences=str(scores / "bbq_differences.parquet"))
     print(plotting.title(n), "->", OUT / f"figure{n}.png")
 
 # %% [markdown]
