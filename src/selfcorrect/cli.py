@@ -9,38 +9,66 @@ from pathlib import Path
 
 import yaml
 
-from .paths import DEFAULT_CONFIG, PROJECT_ROOT
+from .paths import DEFAULT_CONFIG, PROJECT_ROOT, SCHEMA_FILE
 from .tasks import TASKS
 
 DATA_CANDIDATES = (PROJECT_ROOT / "resources" / "data", PROJECT_ROOT.parent / "shared" / "data")
 
 
+class UsageError(ValueError):
+    """A command-line argument is wrong: ``main`` prints the message (it names the argument) and exits with 2."""
+
+
 def _load_config(path: str | None) -> dict:
-    with open(path or DEFAULT_CONFIG) as fh:
-        return yaml.safe_load(fh)
+    where = path or DEFAULT_CONFIG
+    if not Path(where).is_file():
+        raise UsageError(f"--configfile {where}: no such file (a study config such as config.yaml or config/paper.yaml)")
+    try:
+        with open(where) as fh:
+            cfg = yaml.safe_load(fh)
+    except yaml.YAMLError as err:
+        raise UsageError(f"--configfile {where}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(cfg, dict):
+        raise UsageError(f"--configfile {where}: a study config is a mapping of keys (see config.yaml), not {type(cfg).__name__}")
+    return cfg
+
+
+def _found_data_dir(benchmark: str) -> Path | None:
+    """The workflow's downloads, or the shared mirror beside the project, if one holds ``benchmark``."""
+    return next((cand for cand in DATA_CANDIDATES if (cand / benchmark).is_dir()), None)
 
 
 def _data_dir(explicit: str | None, benchmark: str) -> Path:
     """A directory laid out like ../shared/data holding ``benchmark``: the option, the workflow's
     downloads, or the shared mirror beside the project."""
-    for cand in ([Path(explicit)] if explicit else list(DATA_CANDIDATES)):
-        if (cand / benchmark).is_dir():
-            return cand
-    raise SystemExit(
-        f"error: no {benchmark} data found in {', '.join(map(str, DATA_CANDIDATES))}; pass --data DIR "
-        "(a directory laid out like ../shared/data) or run the workflow's download rules first"
-    )
+    if explicit:
+        # the directory given is the one used: never a silent fall-back to the defaults
+        if not (Path(explicit) / benchmark).is_dir():
+            raise UsageError(f"--data {explicit}: no {benchmark}/ directory there; pass a directory laid out like "
+                             f"../shared/data (holding {benchmark}/data/)")
+        return Path(explicit)
+    found = _found_data_dir(benchmark)
+    if found is None:
+        raise UsageError(f"no {benchmark} data found in {', '.join(map(str, DATA_CANDIDATES))}; pass --data DIR "
+                         "(a directory laid out like ../shared/data) or run the workflow's download rules first")
+    return found
 
 
 # ---------------------------------------------------------------- score-bbq
 
 def cmd_score_bbq(args) -> int:
-    from .predictions import score_prediction_files
+    from .predictions import PredictionsError, score_prediction_files
 
-    table = score_prediction_files(
-        args.predictions, args.prediction_field, metadata_dir=_metadata_dir(args.data),
-        ambiguous_only=args.ambiguous_only, split_names=not args.no_names_split,
-    )
+    if Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a directory; pass the CSV file to write, e.g. {Path(args.out) / 'bbq_scores.csv'}")
+    metadata_dir = _metadata_dir(args.data)
+    try:
+        table = score_prediction_files(
+            args.predictions, args.prediction_field, metadata_dir=metadata_dir,
+            ambiguous_only=args.ambiguous_only, split_names=not args.no_names_split,
+        )
+    except PredictionsError as err:
+        raise UsageError(f"{err.argument}: {err}") from None
     from .io import write_csv
 
     write_csv(table, args.out)
@@ -51,12 +79,14 @@ def cmd_score_bbq(args) -> int:
 
 
 def _metadata_dir(explicit: str | None) -> Path | None:
-    try:
-        return _data_dir(explicit, "bbq") / "bbq" / "data"
-    except SystemExit:
-        if explicit:
-            raise
-        return None
+    """BBQ's released data to join (--data, else a default location); None: the predictions' own metadata."""
+    if explicit:
+        meta = _data_dir(explicit, "bbq") / "bbq" / "data"
+        if not meta.is_dir():
+            raise UsageError(f"--data {explicit}: no bbq/data/ directory there (the released BBQ jsonl files)")
+        return meta
+    found = _found_data_dir("bbq")
+    return found / "bbq" / "data" if found else None
 
 
 # ---------------------------------------------------------------- conditions / render
@@ -79,11 +109,27 @@ def _example(args) -> dict:
     return get_task(args.benchmark).lookup(_data_dir(args.data, args.benchmark), args.example_id, args.category)
 
 
+def max_rounds(schema_path: Path = SCHEMA_FILE) -> int:
+    """The most rounds a study may run: ``rounds.maximum`` of the config schema."""
+    with open(schema_path) as fh:
+        return int(yaml.safe_load(fh)["properties"]["rounds"]["maximum"])
+
+
+def _check_render_args(args) -> None:
+    """Refuse a bad --round before any tokenizer or data is loaded (the example's id is checked by its task)."""
+    top = max_rounds()
+    if not 1 <= args.round <= top:
+        raise UsageError(f"--round {args.round}: rounds run from 1 to {top} "
+                         f"(rounds.maximum of {SCHEMA_FILE.relative_to(PROJECT_ROOT)})")
+
+
 def cmd_render(args) -> int:
     from .conditions import Registry
     from .formats import render
     from .models import ModelSpec, load_tokenizer, prompt_format
 
+    _check_render_args(args)
+    example = _example(args)  # a bad --example-id/--category is named before a tokenizer loads
     registry = Registry.load(args.registry)
     cfg = _load_config(args.configfile)
     name = args.model or next(iter(cfg["models"]))
@@ -91,7 +137,6 @@ def cmd_render(args) -> int:
     local = PROJECT_ROOT / "resources" / "models" / spec.name
     tok = load_tokenizer(spec, local if (local / "tokenizer_config.json").exists() else None)
     fmt = args.format or prompt_format(spec, tok)
-    example = _example(args)
     cot = bool(registry.condition(args.condition).get("cot"))
     history = registry.placeholder_history(args.condition, args.round - 1)
     conv = registry.conversation(args.condition, args.benchmark, example, history, stage="answer",
@@ -103,11 +148,14 @@ def cmd_render(args) -> int:
 # ---------------------------------------------------------------- estimate
 
 def cmd_estimate(args) -> int:
+    from .config_checks import ConfigError, with_defaults
     from .estimate import estimate, format_estimate
 
-    from .config_checks import load_config
-
-    cfg = load_config(args.configfile or DEFAULT_CONFIG)
+    cfg = _load_config(args.configfile)
+    try:
+        cfg = with_defaults(cfg)  # the workflow's own first check (unknown keys, types, ranges), then its defaults
+    except ConfigError as err:
+        raise UsageError(f"--configfile {args.configfile or DEFAULT_CONFIG}: {err}") from None
     table = estimate(cfg, tflops=args.tflops, mfu=args.mfu)
     print(format_estimate(table, args.tflops, args.mfu))
     return 0
@@ -135,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("render", help="print the exact text a model reads for one example, condition and round")
     s.add_argument("--benchmark", choices=sorted(TASKS), required=True)
     s.add_argument("--condition", required=True)
-    s.add_argument("--round", type=int, default=1)
+    s.add_argument("--round", type=int, default=1, help="round to render: 1 (the condition) up to rounds.maximum of config/config.schema.yaml")
     s.add_argument("--example-id", required=True, help="BBQ example_id (with --category) or Winogender id, e.g. technician.customer.1")
     s.add_argument("--category", help="BBQ category, e.g. Age")
     s.add_argument("--model", help="a key of the config's models: (default: the first, the offline model) or a hub id/path")
@@ -185,11 +233,9 @@ def cmd_pin_revisions(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "round", 1) < 1:
-        raise SystemExit("error: --round must be 1 or more")
     try:
         return args.func(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as err:
+    except (ValueError, RuntimeError, OSError) as err:  # UsageError, ConfigError, DataError, unreadable files
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -21,13 +21,72 @@ def _slot_from_letter_or_index(value):
     return float("abc".index(m.group(1).lower())) if m else None
 
 
+# what flatten_bbq reads from each record (the released data's fields)
+BBQ_FIELDS = ("example_id", "category", "question_index", "question_polarity", "context_condition", "context",
+              "question", "label", "answer_info", "ans0", "ans1", "ans2")
+
+
+class PredictionsError(ValueError):
+    """A predictions file cannot be scored as given; the message names the file and what to fix.
+
+    ``argument`` is the command-line option of `selfcorrect score-bbq` that holds the bad value.
+    """
+
+    def __init__(self, message: str, argument: str = "--predictions"):
+        super().__init__(message)
+        self.argument = argument
+
+
+def _check_record(path, number: int, rec: dict, field: str) -> None:
+    if field not in rec:
+        raise PredictionsError(f"{path}:{number}: no field {field!r}; fields there: {', '.join(sorted(rec))}",
+                               argument="--prediction-field")
+    missing = [f for f in BBQ_FIELDS if f not in rec]
+    if missing:
+        raise PredictionsError(f"{path}:{number}: not a BBQ example, it lacks {', '.join(missing)} "
+                               "(keep the released data's fields beside the prediction)")
+
+
+def duplicate_predictions(sources: list[tuple[str, int]], keys: list[tuple[str, int]]) -> list[str]:
+    """One entry per prediction of an example that was already predicted: ``file:record`` of both, and the example.
+
+    ``sources`` are (file, record number) and ``keys`` (category, example_id) of each prediction, in reading order.
+    An example counted twice would weigh twice in accuracy and bias score.
+    """
+    first: dict[tuple[str, int], tuple[str, int]] = {}
+    lines = []
+    for (path, number), key in zip(sources, keys):
+        if key in first:
+            p0, n0 = first[key]
+            lines.append(f"{key[0]} example_id {key[1]}: {path}:{number} repeats {p0}:{n0}")
+        else:
+            first[key] = (path, number)
+    return lines
+
+
 def read_predictions(paths: list[str], field: str) -> pd.DataFrame:
-    records = []
+    """The predictions of ``paths`` flattened like the released data; refuses empty files and repeated examples."""
+    given_twice = sorted({str(p) for p in paths if sum(Path(q).resolve() == Path(p).resolve() for q in paths) > 1})
+    if given_twice:
+        raise PredictionsError(f"{', '.join(given_twice)} given more than once; each example must be scored once")
+    records, sources = [], []
     for path in paths:
-        for lineno, rec in enumerate(data.read_jsonl(path), 1):
-            if field not in rec:
-                raise ValueError(f"{path}:{lineno}: no field {field!r}; fields there: {', '.join(sorted(rec))}")
+        if Path(path).is_dir():
+            raise PredictionsError(f"{path} is a directory; pass the jsonl files in it (e.g. {path}/*.jsonl)")
+        if not Path(path).is_file():
+            raise PredictionsError(f"{path} does not exist")
+        recs = data.read_jsonl(path)
+        if not recs:
+            raise PredictionsError(f"{path} holds no predictions (no records in it)")
+        for number, rec in enumerate(recs, 1):
+            _check_record(path, number, rec, field)
             records.append(rec)
+            sources.append((str(path), number))
+    repeated = duplicate_predictions(sources, [(str(r["category"]), int(r["example_id"])) for r in records])
+    if repeated:
+        more = f"; and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+        raise PredictionsError(f"{len(repeated)} predictions repeat an example already predicted (file:N is the N-th "
+                               f"record of the file; each example must be scored once): {'; '.join(repeated[:5])}{more}")
     flat = data.flatten_bbq(records)
     return flat.assign(prediction=[r[field] for r in records])
 

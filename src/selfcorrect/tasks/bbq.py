@@ -62,7 +62,8 @@ class BBQ(Task):
         try:
             wanted = int(example_id)
         except ValueError:
-            raise ValueError(f"--example-id {example_id!r}: a BBQ example_id is a whole number, e.g. 0") from None
+            raise ValueError(f"--example-id {example_id!r}: a BBQ example_id is a whole number, the example_id "
+                             "of the category's jsonl (e.g. --example-id 0)") from None
         hit = data.load_bbq([path]).query("example_id == @wanted")
         if hit.empty:
             raise ValueError(f"no bbq example with id {example_id!r} in category {category}")
