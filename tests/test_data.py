@@ -39,8 +39,17 @@ def test_missing_category_names_the_file_and_the_config_key(shared_data, tmp_pat
 
 def test_every_category_is_pinned():
     files = data.load_sources()["bbq"]["files"]
-    assert sorted(f"data/{c}.jsonl" for c in data.BBQ_CATEGORIES) == sorted(files)
+    expected = [f"data/{c}.jsonl" for c in data.BBQ_CATEGORIES] + list(data.BBQ_TEMPLATES.values())
+    assert sorted(expected) == sorted(files)
     assert all(len(d) == 64 for d in files.values())
+
+
+@pytest.mark.parametrize("category", ["Race_x_gender", "Race_x_SES"])
+def test_intersectional_templates_are_pinned_and_fetched(category, shared_data, tmp_path):
+    src = data.source_file("bbq", data.BBQ_TEMPLATES[category])
+    assert " " not in src.url and src.url.endswith(f"new_templates%20-%20{category}.csv")
+    dest = data.fetch(src, tmp_path / "t.csv", shared_data)
+    assert dest.read_bytes() == (shared_data / "bbq" / data.BBQ_TEMPLATES[category]).read_bytes()
 
 
 def test_bbq_table_is_typed(bbq_paths):

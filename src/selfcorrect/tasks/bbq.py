@@ -24,10 +24,12 @@ class BBQ(Task):
     mean_prompt_tokens = 105
 
     def source_files(self, config: dict, sources: dict) -> list[str]:
-        return [f"data/{c}.jsonl" for c in config["categories"]]
+        # the intersectional categories' target_loc needs their templates (SCORING.md §3)
+        templates = [data.BBQ_TEMPLATES[c] for c in config["categories"] if c in data.BBQ_TEMPLATES]
+        return [f"data/{c}.jsonl" for c in config["categories"]] + templates
 
     def load(self, files: list[Path]) -> pd.DataFrame:
-        return data.load_bbq(files)
+        return data.load_bbq([f for f in files if f.suffix == ".jsonl"], [f for f in files if f.suffix == ".csv"])
 
     def mirror_hint(self, mirror: Path | None = None) -> str:
         have = sorted(p.stem for p in (Path(mirror) / "bbq" / "data").glob("*.jsonl")) if mirror else []
