@@ -208,3 +208,10 @@ def test_intersectional_target_keeps_the_r_scripts_na():
     # label_type of the intersectional categories is the template's Proper_nouns_only, not question_index > 25
     assert df["label_type"].tolist() == ["label"] * 6 + ["name"]
     assert bbq.missing_targets(df).to_dict() == {"Race_x_SES": 1, "Race_x_gender": 2}
+
+
+def test_a_tag_that_is_not_a_valid_regex_is_matched_literally():
+    from selfcorrect.bbq import _regex_found
+
+    assert _regex_found("f(x", "a f(x b") is True  # re.escape(...) in text would look for "f\(x"
+    assert _regex_found("f(x", "a fx b") is False

@@ -54,7 +54,7 @@ def _regex_found(pattern: str, text: str):
     try:
         return re.search(pattern, text) is not None
     except re.error:
-        return re.escape(pattern) in text  # a tag that is not a valid regex is taken literally
+        return pattern in text  # a tag that is not a valid regex is taken literally
 
 
 def _flags(category: str, k: str, tags: list[str], texts: list[str]) -> list:
