@@ -16,6 +16,9 @@ import yaml
 from .io import short_hash
 from .paths import CONDITIONS_FILE
 
+# the chain-of-thought texts (config/conditions.yaml `cot:`), each given per benchmark: the assistant's opening of
+# its reasoning, the user's follow-up turn after it, and the prefix the answer continues
+COT_TEXTS = ("trigger", "followup", "answer_prefix")
 REASONING_PLACEHOLDER = "[reasoning]"
 ANSWER_PLACEHOLDER = "[previous answer]"
 
@@ -110,8 +113,7 @@ class Registry:
         return {
             "dialogue": d["dialogue"], "feedback": d["feedback"], "benchmark": d["benchmarks"][benchmark],
             "bias_types": d.get("bias_types", {}), "group_labels": d.get("group_labels", {}),
-            "cot": {"trigger": d["cot"]["trigger"][benchmark], "followup": d["cot"]["followup"],
-                    "answer_prefix": d["cot"]["answer_prefix"][benchmark]} if cot else None,
+            "cot": {part: d["cot"][part][benchmark] for part in COT_TEXTS} if cot else None,
             "instruction": (c.get("instruction") or {}).get(benchmark),
         }
 
@@ -124,12 +126,21 @@ class Registry:
         for key in ("benchmarks", "conditions", "feedback", "cot", "dialogue"):
             if key not in d:
                 raise RegistryError(f"{self.path}: missing top-level key {key!r}")
+        for part in COT_TEXTS:
+            if not isinstance(d["cot"].get(part), dict):
+                shape = ", ".join(f'{b}: "..."' for b in d["benchmarks"])
+                raise RegistryError(f"{self.path}: cot.{part} must map each benchmark to its own text, got "
+                                    f"{d['cot'].get(part)!r}; write it as `{part}: {{{shape}}}`")
         for bench, spec in d["benchmarks"].items():
             allowed = set(spec["placeholders"])
             self._check(spec["question"], allowed, f"benchmarks.{bench}.question")
             self._check(spec["answer_prefix"], allowed, f"benchmarks.{bench}.answer_prefix")
-            self._check(d["cot"]["trigger"][bench], allowed, f"cot.trigger.{bench}")
-            self._check(d["cot"]["answer_prefix"][bench], allowed, f"cot.answer_prefix.{bench}")
+            for part in COT_TEXTS:
+                text = d["cot"][part].get(bench)
+                if not isinstance(text, str) or not text.strip():
+                    raise RegistryError(f"{self.path}: cot.{part}.{bench} is missing or empty; every benchmark "
+                                        f"needs its own CoT {part} text")
+                self._check(text, allowed, f"cot.{part}.{bench}")
         for name, c in d["conditions"].items():
             unknown_b = set(c.get("benchmarks", [])) - set(d["benchmarks"])
             if not c.get("benchmarks") or unknown_b:
@@ -184,7 +195,7 @@ class Registry:
                 if rec.reasoning is None:
                     raise RegistryError(f"condition {condition!r} needs the round's reasoning before it can answer")
                 turns.append(Turn("assistant", trigger + rec.reasoning))
-                turns.append(Turn("user", fill(d["cot"]["followup"])))
+                turns.append(Turn("user", fill(d["cot"]["followup"][benchmark])))
             if current:
                 return Conversation(tuple(turns), prefix, "answer")
             turns.append(Turn("assistant", prefix + rec.answer))
