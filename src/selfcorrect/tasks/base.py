@@ -85,6 +85,10 @@ class Task(ABC):
         """Columns a generated answer adds to a generation row (parsed slot, parse status)."""
         return {}
 
+    def methods_notes(self) -> list[str]:
+        """One sentence per choice of this task that could move a number, for the report's methods page."""
+        return []
+
     @abstractmethod
     def score(self, generations: pd.DataFrame, examples: pd.DataFrame, bootstrap: dict, seed: int) -> dict[str, pd.DataFrame]:
         """The tables of :attr:`score_tables` from all generation rows of a run and the sample."""
