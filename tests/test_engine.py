@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from selfcorrect.engine import Engine, normalise
+from selfcorrect.engine.decode import sequence_scores
+from selfcorrect.engine.memory import BatchSizer
 from selfcorrect.models import ModelLoadError, ModelSpec, load_model
 
 PROMPTS = [
@@ -19,7 +21,36 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def engine(tiny_model):
     model, tok = load_model(ModelSpec(name="tiny", path=str(tiny_model)), "cpu")
-    return Engine(model, tok, "cpu", batch_size=3, progress=False)
+    engine = Engine(model, tok, "cpu", batch_size=3, progress=False)
+    yield engine
+    engine.forget()
+
+
+@pytest.fixture
+def record(monkeypatch):
+    """``record(obj, name, what)`` wraps ``obj.name`` so that every call first appends ``what(*args, **kwargs)``
+    to the returned list; undone after the test."""
+    def wrap(obj, name: str, what) -> list:
+        calls, real = [], getattr(obj, name)
+
+        def recorded(*args, **kwargs):
+            calls.append(what(*args, **kwargs))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(obj, name, recorded)
+        return calls
+
+    return wrap
+
+
+def padded_tokens(ids, *args, **kwargs) -> int:
+    """A forward pass's tokens, padding included."""
+    return ids.numel()
+
+
+def real_tokens(ids, mask, *args, **kwargs) -> int:
+    """A forward pass's new tokens that are not padding."""
+    return int(mask[:, -ids.shape[1]:].sum())
 
 
 def naive(engine, prompt, n):
@@ -44,7 +75,7 @@ def test_option_scores_from_the_shared_prefill_equal_full_sequence_scoring(engin
     tok = engine.tokenizer
     p_ids = tok(PROMPTS, add_special_tokens=False)["input_ids"]
     o_ids = [tok(o, add_special_tokens=False)["input_ids"] for o in options]
-    slow = engine._sequence_scores(p_ids, o_ids, "check")
+    slow = sequence_scores(engine, p_ids, o_ids, "check")
     for f, s in zip(fast, slow):
         assert f == pytest.approx(s, abs=1e-4)
     # scoring options must not disturb the greedy continuation that follows on the same cache
@@ -53,7 +84,7 @@ def test_option_scores_from_the_shared_prefill_equal_full_sequence_scoring(engin
 
 
 def test_options_of_different_shapes_fall_back_to_per_option_rows(engine):
-    scores = engine.option_logprobs(PROMPTS[:2], [[" the grandfather", " no"], [" he", " she said"]])
+    scores = engine.answer(PROMPTS[:2], None, [[" the grandfather", " no"], [" he", " she said"]])[1]
     assert all(len(s) == 2 and all(v < 0 for v in s) for s in scores)
 
 
@@ -69,8 +100,9 @@ def test_out_of_memory_halves_the_batch_and_keeps_every_row(engine, monkeypatch)
 
     monkeypatch.setattr(engine, "_answer_batch", flaky)
     monkeypatch.setattr(engine, "batch_size", 4)
+    monkeypatch.setattr(engine, "_sizer", BatchSizer(4, grow_after=10))
     texts = engine.generate(PROMPTS, 4)
-    assert engine.batch_size == 1 and len(texts) == len(PROMPTS) and None not in texts
+    assert engine._sizer.cap == 1 and len(texts) == len(PROMPTS) and None not in texts
     assert texts == [naive(engine, p, 4) for p in PROMPTS]
 
 
@@ -81,7 +113,7 @@ def test_a_model_that_cannot_be_loaded_is_named(tmp_path):
         load_model(ModelSpec(name="pkg", path="pypi:llm_nonexistent_pkg"), "cpu")
 
 
-def test_prefix_reuse_across_stages_and_rounds_changes_nothing_but_the_work(engine, bbq_paths, tiny_model):
+def test_prefix_reuse_across_stages_and_rounds_changes_nothing_but_the_work(engine, bbq_paths, tiny_model, record):
     from transformers import AutoTokenizer
 
     from selfcorrect import data, sampling
@@ -98,20 +130,18 @@ def test_prefix_reuse_across_stages_and_rounds_changes_nothing_but_the_work(engi
     job = Job(get_task("bbq"), "instruction_cot", registry, lambda c: render(c, "chat", registry.data["dialogue"], tok),
               settings)
 
-    def run(reuse: bool):
-        engine.reuse_prefixes(reuse)
+    def run(carry: bool):
+        engine.carry_kv_between_rounds = carry
         return run_rounds(engine, job, examples)
 
-    calls = []
-    real = engine._step
-    engine._step = lambda ids, *a, **k: (calls.append(ids.numel()), real(ids, *a, **k))[1]
+    calls = record(engine, "_step", padded_tokens)
     try:
         cold, cold_tokens = run(False), sum(calls)
         calls.clear()
         warm, warm_tokens = run(True), sum(calls)
     finally:
-        del engine._step
-        engine.reuse_prefixes(False)
+        engine.forget()
+        engine.carry_kv_between_rounds = True
     assert list(cold["item_id"]) == list(warm["item_id"]) and list(cold["round"]) == list(warm["round"])
     assert list(cold["raw_text"]) == list(warm["raw_text"]) and list(cold["reasoning"]) == list(warm["reasoning"])
     for a, b in zip(cold["option_logprobs"], warm["option_logprobs"]):
@@ -119,22 +149,19 @@ def test_prefix_reuse_across_stages_and_rounds_changes_nothing_but_the_work(engi
     assert warm_tokens < 0.6 * cold_tokens  # rounds 2-3 and the answer stages encode only their new tokens
 
 
-def test_reuse_holds_when_a_call_spans_several_batches(engine, monkeypatch):
+def test_reuse_holds_when_a_call_spans_several_batches(engine, monkeypatch, record):
     monkeypatch.setattr(engine, "batch_size", 2)
     keys = list(range(len(PROMPTS)))
     longer = [p + " (c) Can't be determined.<|im_end|>\n<|im_start|>user\nAre you sure?<|im_end|>\n<|im_start|>assistant\nThe answer is"
               for p in PROMPTS]
     cold = engine.generate(longer, 4)
-    calls = []
-    real = engine._step
-    monkeypatch.setattr(engine, "_step", lambda ids, *a, **k: (calls.append(ids.numel()), real(ids, *a, **k))[1])
-    engine.reuse_prefixes(True)
+    calls = record(engine, "_step", padded_tokens)
     try:
         engine.generate(PROMPTS, 4, keys=keys)
         calls.clear()
         warm = engine.generate(longer, 4, keys=keys)
     finally:
-        engine.reuse_prefixes(False)
+        engine.forget()
     assert warm == cold
     new_tokens = sum(len(engine.tokenizer(l, add_special_tokens=False)["input_ids"]) -
                      len(engine.tokenizer(p, add_special_tokens=False)["input_ids"]) for p, l in zip(PROMPTS, longer))
@@ -171,7 +198,7 @@ def test_prefix_levels_partition_every_sequence_and_encode_shared_prefixes_once(
 
 
 @pytest.mark.parametrize("split_cost", [10**9, 0])  # never split a level by length; split it at every length
-def test_shared_prefix_prefill_changes_nothing_but_the_work(engine, bbq_paths, monkeypatch, split_cost):
+def test_shared_prefix_prefill_changes_nothing_but_the_work(engine, bbq_paths, monkeypatch, record, split_cost):
     from selfcorrect import data
     from selfcorrect.conditions import Registry
     from selfcorrect.formats import render
@@ -184,12 +211,10 @@ def test_shared_prefix_prefill_changes_nothing_but_the_work(engine, bbq_paths, m
     options = [[" (a", " (b", " (c"]] * len(prompts)
     monkeypatch.setattr(engine, "batch_size", len(prompts))
     monkeypatch.setattr(engine, "split_cost", split_cost)
-    calls = []
-    real = engine._step
-    monkeypatch.setattr(engine, "_step", lambda ids, mask, *a, **k: (calls.append(int(mask[:, -ids.shape[1]:].sum())), real(ids, mask, *a, **k))[1])
+    calls = record(engine, "_step", real_tokens)
     runs = {}
     for share in (False, True):
-        monkeypatch.setattr(engine, "share_prefixes", share)
+        monkeypatch.setattr(engine, "prefix_tree_prefill", share)
         calls.clear()
         runs[share] = engine.answer(prompts, 6, options), sum(calls)
     (plain_texts, plain_scores), plain_tokens = runs[False]
@@ -216,7 +241,7 @@ def test_grouped_attention_equals_transformers_sdpa_under_a_padding_mask():
 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from selfcorrect.engine import grouped_sdpa
+    from selfcorrect.engine.attention import grouped_sdpa
 
     torch.manual_seed(0)
     module = SimpleNamespace(num_key_value_groups=3, is_causal=True, training=False)
@@ -229,8 +254,7 @@ def test_grouped_attention_equals_transformers_sdpa_under_a_padding_mask():
         assert torch.allclose(got, want, atol=1e-6)
 
 
-def test_rows_that_finish_leave_the_batch_and_change_nothing(engine, bbq_paths, monkeypatch):
-    import selfcorrect.engine as engine_module
+def test_rows_that_finish_leave_the_batch_and_change_nothing(engine, bbq_paths, monkeypatch, record):
     from selfcorrect import data
     from selfcorrect.conditions import Registry
     from selfcorrect.formats import render
@@ -250,9 +274,9 @@ def test_rows_that_finish_leave_the_batch_and_change_nothing(engine, bbq_paths, 
     stop = next(t for t in sorted({t for row in ids for t in row[1:]})
                 if len(prompts) // 4 <= sum(t in row[1:] for row in ids) < len(prompts) and not any(row[0] == t for row in ids))
     monkeypatch.setattr(engine.model.generation_config, "eos_token_id", [engine.tokenizer.eos_token_id, stop])
-    left = []
-    real = engine_module._rows_of
-    monkeypatch.setattr(engine_module, "_rows_of", lambda cache, keep: (left.append(len(keep)), real(cache, keep))[1])
+    from selfcorrect.engine import decode
+
+    left = record(decode, "rows_of", lambda cache, keep: len(keep))  # decoding's copies only, not prefill's
     texts = engine.generate(prompts, 20)
     assert left and min(left) < len(prompts)  # rows did leave the batch
     assert texts == [naive(engine, p, 20) for p in prompts]
@@ -261,7 +285,8 @@ def test_rows_that_finish_leave_the_batch_and_change_nothing(engine, bbq_paths, 
 def test_compaction_drops_the_columns_no_row_attends_to(tiny_model):
     from transformers import AutoConfig
 
-    from selfcorrect.engine import _compact, new_cache
+    from selfcorrect.engine import new_cache
+    from selfcorrect.engine.kv import compact
 
     cache = new_cache(AutoConfig.from_pretrained(tiny_model), room=3)
     mask = torch.tensor([[1, 0, 0, 1, 1, 0, 1],   # a prefix-tree row: gaps between its levels
@@ -271,7 +296,7 @@ def test_compaction_drops_the_columns_no_row_attends_to(tiny_model):
     for layer in cache.layers:
         layer.lazy_initialization(column, column)
         layer.keys, layer.values = column.clone(), column.clone() + 100
-    new_mask = _compact(cache, mask)
+    new_mask = compact(cache, mask)
     assert new_mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1]]
     for layer in cache.layers:
         assert layer.keys[:2, 0, :, 0].tolist() == [[0, 3, 4, 6], [2, 3, 5, 6]]  # each row's tokens, in order
@@ -279,27 +304,24 @@ def test_compaction_drops_the_columns_no_row_attends_to(tiny_model):
         layer.update(torch.zeros(3, 2, 1, 4), torch.zeros(3, 2, 1, 4))  # decoding then appends in place
         assert layer.keys.shape[-2] == 5 and layer.keys.data_ptr() == layer._buffers[0].data_ptr()
     few_gaps = torch.ones(3, 7, dtype=torch.long)
-    assert _compact(cache, few_gaps) is few_gaps  # nothing to drop: no copy
+    assert compact(cache, few_gaps) is few_gaps  # nothing to drop: no copy
 
 
-def test_the_next_round_reuses_the_answers_kv_cache_too(engine, monkeypatch):
-    from selfcorrect.engine import _common_prefix
+def test_the_next_round_reuses_the_answers_kv_cache_too(engine, monkeypatch, record):
+    from selfcorrect.engine.plan import common_prefix
 
     keys = list(range(len(PROMPTS)))
     tok = engine.tokenizer
-    engine.reuse_prefixes(True)
     try:
         answers = engine.generate(PROMPTS, 6, keys=keys)
         nxt = [p + a + "<|im_end|>\n<|im_start|>user\nAre you sure?<|im_end|>\n<|im_start|>assistant\n"
                for p, a in zip(PROMPTS, answers)]
-        encoded = []
-        real = engine._step
-        monkeypatch.setattr(engine, "_step", lambda ids, mask, *a, **k: (
-            encoded.append(int(mask[:, -ids.shape[1]:].sum())) if ids.shape[1] > 1 else None, real(ids, mask, *a, **k))[1])
+        calls = record(engine, "_step", lambda ids, mask, *a, **k: (ids.shape[1], real_tokens(ids, mask)))
         warm = engine.generate(nxt, 4, keys=keys)
     finally:
-        engine.reuse_prefixes(False)
+        engine.forget()
     monkeypatch.undo()
+    encoded = [n for width, n in calls if width > 1]  # prefill's tokens, not the decode steps'
     assert warm == engine.generate(nxt, 4)
     # what the cache holds per row: the prompt and the answer's tokens but its last (which is never fed back);
     # the next prompt reuses as much of that as it repeats token for token (a random model's answers need not
@@ -310,7 +332,7 @@ def test_the_next_round_reuses_the_answers_kv_cache_too(engine, monkeypatch):
         with torch.inference_mode():
             gen = engine.model.generate(torch.tensor([p_ids]), max_new_tokens=6, do_sample=False,
                                         pad_token_id=tok.pad_token_id)[0, len(p_ids):].tolist()
-        common = _common_prefix(p_ids + gen[:-1], new_ids, len(new_ids) - 1)
+        common = common_prefix(p_ids + gen[:-1], new_ids, len(new_ids) - 1)
         expected += len(new_ids) - common
         reused_answer_tokens += common - len(p_ids)
     assert reused_answer_tokens > 0

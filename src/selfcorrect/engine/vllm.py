@@ -1,4 +1,4 @@
-"""Generation with vLLM on GPUs: the same ``answer``/``generate`` contract as :class:`selfcorrect.engine.Engine`.
+"""Generation with vLLM on GPUs: the :class:`~selfcorrect.engine.backend.Backend` contract, as the transformers engine.
 
 vLLM schedules its own batches (continuous batching, paged attention) and reuses the KV cache of any prefix it has
 seen (automatic prefix caching), so a later round, whose prompt starts with the earlier one, is encoded from where
@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .engine import cut_at_stops
-from .models import ModelLoadError, ModelSpec, _hint, _source
+from ..models import ModelLoadError, ModelSpec, _hint, _source
+from .backend import cut_at_stops
 
 
 @dataclass
@@ -22,19 +22,14 @@ class VLLMEngine:
     stop_strings: tuple[str, ...] = ()
     progress: bool = True
     sampling_params: type | None = None  # vllm.SamplingParams; injectable so the adapter is testable without vLLM
-    # the study driver's knobs of the transformers engine: vLLM batches and caches prefixes on its own
+    # vLLM schedules its own batches, and its prefix caching (switched on in :func:`load_vllm`) finds a later
+    # round's shared prefix wherever the earlier prompt was batched: the caller need not batch for either
     batch_size: int = 0
-    prefix_store: None = None
-    share_prefixes: bool = False
-
     carry_kv_between_rounds: bool = False
     prefix_tree_prefill: bool = False
 
     def forget(self) -> None:
-        """Nothing to drop: vLLM's prefix cache manages itself."""
-
-    def reuse_prefixes(self, on: bool = True) -> None:
-        """Nothing to do: prefix caching is switched on when the LLM is built (see :func:`load_vllm`)."""
+        """Nothing to drop: vLLM's prefix cache evicts on its own."""
 
     def _params(self, **kwargs):
         if self.sampling_params is None:

@@ -1,0 +1,209 @@
+"""Batch sizes planned from memory, and any allocation failure taken for out-of-memory (issue 17, item 1).
+
+The planner's arithmetic is checked on real model shapes (Llama-2-7B on an 80 GB card); the engine's halving and
+growing back on the tiny random Llama, whose forward is patched to fail the way cuDNN's attention failed on an
+H100 at the 7B shape.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import LlamaConfig
+
+from selfcorrect.engine import Backend, Engine, KVStore, new_cache
+from selfcorrect.engine.memory import (BatchSizer, activation_bytes_per_row, free_memory, is_oom, kv_bytes_per_token,
+                                       plan_batch_size)
+from test_engine import PROMPTS, engine, naive, record  # noqa: F401  (fixtures shared with the engine's tests)
+
+MiB, GiB = 1 << 20, 1 << 30
+# what cuDNN's attention raised when it could not get its workspace (issue 17)
+CUDNN = "Expected mha_graph.execute(handle, variant_pack, workspace_ptr.get()).is_good() to be true, but got false."
+# Llama-2-7B: 32 layers, 32 heads of 128 (no GQA), 6.74e9 parameters
+LLAMA2_7B = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                        vocab_size=32000)
+CARD_80GB = 80 * 10**9
+FREE_AFTER_7B = CARD_80GB - 2 * 6_738_415_616  # bfloat16 weights loaded: 66.52 GB left
+
+
+def test_kv_bytes_per_token_from_the_models_shape():
+    assert kv_bytes_per_token(LLAMA2_7B, torch.bfloat16) == 0.5 * MiB  # 32 x 32 x 128 x 2 x 2 bytes
+    assert kv_bytes_per_token(LLAMA2_7B, "float32") == 1 * MiB
+    gqa = LlamaConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8)
+    assert kv_bytes_per_token(gqa, torch.bfloat16) == 0.125 * MiB  # 8 KV heads share the 32 query heads
+    # neither num_key_value_heads nor head_dim: one KV head per head, each hidden / heads wide
+    bare = SimpleNamespace(num_hidden_layers=2, num_attention_heads=4, hidden_size=32)
+    assert kv_bytes_per_token(bare, torch.float32) == 2 * 4 * 8 * 2 * 4
+    with pytest.raises(ValueError, match="'bfloat17'"):
+        kv_bytes_per_token(LLAMA2_7B, "bfloat17")
+
+
+def test_plan_batch_size_for_llama2_7b_on_an_80gb_card():
+    kv = kv_bytes_per_token(LLAMA2_7B, torch.bfloat16)
+    # rows of 1024 tokens take 0.5 GiB each: 66.52e9 / 2**29 = 123.9
+    assert plan_batch_size(FREE_AFTER_7B, kv, 1024, 0, 0, max_batch=256) == 123
+    assert plan_batch_size(FREE_AFTER_7B, kv, 1024, 0, 0, max_batch=64) == 64  # the configured size caps it
+    # the job's 64 examples each carry 1024 tokens to their next round: 32 GiB gone first, 59.9 rows left
+    assert plan_batch_size(FREE_AFTER_7B, kv, 1024, 1024, 0, max_batch=64) == 59
+    # 0.5 GiB of activations per row doubles each row's need: 61.9
+    assert plan_batch_size(FREE_AFTER_7B, kv, 1024, 0, GiB // 2, max_batch=256) == 61
+    assert plan_batch_size(0, kv, 1024, 0, 0, max_batch=256) == 1  # never below one row
+    with pytest.raises(ValueError, match="max_batch"):
+        plan_batch_size(FREE_AFTER_7B, kv, 1024, 0, 0, max_batch=0)
+    with pytest.raises(ValueError, match="tokens_per_row.: -5"):
+        plan_batch_size(FREE_AFTER_7B, kv, -5, 0, 0, max_batch=8)
+
+
+def test_the_engines_plan_for_the_7b_shape_is_smaller_than_the_batch_that_crashed():
+    """Issue 17: 256 prompts with 128 tokens of CoT crashed at the 7B shape; batch 32 completed."""
+    model = SimpleNamespace(config=LLAMA2_7B, dtype=torch.bfloat16)
+    eng = Engine(model, SimpleNamespace(), "cpu", batch_size=256, progress=False)
+    eng._free_bytes = FREE_AFTER_7B
+    cot = eng.planned_rows(prompt_tokens=400, room=128, carried=False)
+    assert 32 <= cot < 256
+    assert eng.planned_rows(prompt_tokens=400, room=0, carried=False) > cot  # short answers leave more room
+    eng.batch_size = 64  # the paper preset: with carry-over, the job's 64 examples keep their caches
+    assert eng.planned_rows(prompt_tokens=1500, room=256, carried=True) < eng.planned_rows(1500, 256, carried=False)
+    assert activation_bytes_per_row(LLAMA2_7B, torch.bfloat16, 400) < kv_bytes_per_token(LLAMA2_7B, torch.bfloat16) * 400
+
+
+def test_free_memory_on_cpu_is_the_hosts_available_memory():
+    import psutil
+
+    assert 0 < free_memory("cpu") <= psutil.virtual_memory().total
+
+
+@pytest.mark.parametrize("err, oom", [
+    (RuntimeError(CUDNN), True),
+    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), True),
+    (RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"), True),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x32 and 64x32)"), False),
+    (ValueError("out of memory"), False),  # only a RuntimeError comes from a kernel
+])
+def test_allocation_failures_are_out_of_memory(err, oom):
+    assert is_oom(err, "cpu") is oom
+
+
+def test_on_cuda_any_runtime_error_while_memory_is_short_is_out_of_memory(monkeypatch):
+    import selfcorrect.engine.memory as memory
+
+    err = RuntimeError("CUDNN_STATUS_EXECUTION_FAILED")  # a kernel that failed without saying why
+    monkeypatch.setattr(memory, "free_memory", lambda device: 100 * MiB)
+    assert is_oom(err, "cuda:0") and not is_oom(err, "cpu")
+    monkeypatch.setattr(memory, "free_memory", lambda device: 20 * GiB)
+    assert not is_oom(err, "cuda:0")
+
+
+def test_batch_sizer_halves_then_grows_back_but_never_past_the_plan():
+    sizer = BatchSizer(16, grow_after=2)
+    assert sizer.size(planned=100) == 16 and sizer.size(planned=5) == 5 and sizer.size(planned=0) == 1
+    assert sizer.failed(16) == 8 and sizer.size(100) == 8
+    sizer.succeeded()
+    assert sizer.size(100) == 8
+    sizer.succeeded()
+    assert sizer.size(100) == 16 and sizer.cap is None  # back to the configured size
+    sizer.failed(16)
+    sizer.succeeded()
+    sizer.succeeded()
+    assert sizer.size(planned=3) == 3  # grown back, the plan still limits
+
+
+@pytest.fixture
+def prompts(engine, bbq_paths):
+    from selfcorrect import data
+    from selfcorrect.conditions import Registry
+    from selfcorrect.formats import render
+
+    registry = Registry.load()
+    df = data.load_bbq(bbq_paths[:1]).head(8)
+    return [render(registry.conversation("instruction", "bbq", ex, []), "chat", registry.data["dialogue"], engine.tokenizer)
+            for ex in df.to_dict("records")] + PROMPTS
+
+
+def failing_forward(monkeypatch, model, err: Exception, max_rows: int, times: int | None = None) -> dict:
+    """Make ``model``'s forward raise ``err`` on more than ``max_rows`` rows (the first ``times`` times only)."""
+    real, raised = model.forward, {"n": 0}
+
+    @functools.wraps(real)
+    def forward(*args, input_ids=None, **kwargs):
+        if input_ids.shape[0] > max_rows and (times is None or raised["n"] < times):
+            raised["n"] += 1
+            raise err
+        return real(*args, input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(model, "forward", forward)
+    return raised
+
+
+def test_cudnn_workspace_failure_halves_the_batch_and_later_batches_grow_back(engine, prompts, monkeypatch, record):
+    monkeypatch.setattr(engine, "batch_size", 4)
+    monkeypatch.setattr(engine, "_sizer", BatchSizer(4, grow_after=2))
+    want = engine.generate(prompts, 6)
+    # memory is short for two batches (of 4, then of 2 rows), then enough again
+    raised = failing_forward(monkeypatch, engine.model, RuntimeError(CUDNN), max_rows=1, times=2)
+    tried = record(engine, "_answer_batch", lambda batch, n: len(batch))
+    got = engine.generate(prompts, 6)
+    assert raised["n"] == 2
+    assert tried == [4, 2, 1, 1, 2, 2, 4, 2]  # halved twice; doubled after every two good batches, up to 4
+    assert got == want == [naive(engine, p, 6) for p in prompts]
+
+
+def test_a_runtime_error_that_is_not_out_of_memory_propagates(engine, prompts, monkeypatch):
+    monkeypatch.setattr(engine, "batch_size", 4)
+    monkeypatch.setattr(engine, "_sizer", BatchSizer(4))
+    failing_forward(monkeypatch, engine.model, RuntimeError("mat1 and mat2 shapes cannot be multiplied"), max_rows=1)
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):
+        engine.generate(prompts, 3)
+    assert engine._sizer.cap is None  # nothing was halved
+
+
+def test_on_cpu_the_plan_only_caps_the_batch(engine, prompts, monkeypatch, record):
+    monkeypatch.setattr(engine, "batch_size", 4)
+    monkeypatch.setattr(engine, "_sizer", BatchSizer(4))
+    tried = record(engine, "_answer_batch", lambda batch, n: len(batch))
+    roomy = engine.generate(prompts, 5)
+    assert tried == [4, 4, 4]
+    tried.clear()
+    monkeypatch.setattr(engine, "_free_bytes", 0)  # nothing fits: one row at a time, never none
+    assert engine.generate(prompts, 5) == roomy
+    assert tried == [1] * len(prompts)
+
+
+def test_kv_store_finds_a_batch_by_its_examples_in_any_order(tiny_model):
+    from transformers import AutoConfig
+
+    cache = new_cache(AutoConfig.from_pretrained(tiny_model))
+    rows = torch.arange(3, dtype=torch.float)[:, None, None, None].expand(3, 2, 5, 4)  # row r holds r everywhere
+    for layer in cache.layers:
+        layer.lazy_initialization(rows, rows)
+        layer.keys, layer.values = rows.clone(), rows.clone()
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    store = KVStore()
+    store.put(["a", "b", "c"], [[1] * 5, [2] * 4, [3] * 3], mask, cache)
+    assert store.groups(["c", "a", "b"]) == [[0, 1, 2]] and store.groups(["a", "z"]) is None
+    assert store.pop(["a", "b"]) is None  # a batch's cache is found by the same examples only
+    got = store.pop(["c", "a", "b"])
+    assert got.keys == ["c", "a", "b"] and got.ids == [[3] * 3, [1] * 5, [2] * 4]
+    assert got.mask.sum(1).tolist() == [3, 5, 4] and got.cache.layers[0].keys[:, 0, 0, 0].tolist() == [2, 0, 1]
+    assert len(store) == 0 and store.pop(["c", "a", "b"]) is None  # taken out
+    with pytest.raises(ValueError, match="None"):
+        store.put(["a", None], [[1], [2]], mask[:2], cache)
+
+
+def test_the_engine_is_a_backend_and_forget_drops_its_carried_caches(engine):
+    assert isinstance(engine, Backend)
+    keys = list(range(len(PROMPTS)))
+    engine.generate(PROMPTS, 3, keys=keys)
+    assert len(engine._kv) > 0
+    engine.forget()
+    assert len(engine._kv) == 0
+    engine.carry_kv_between_rounds = False
+    try:
+        engine.generate(PROMPTS, 3, keys=keys)
+        assert len(engine._kv) == 0  # nothing carried when carry-over is off
+    finally:
+        engine.carry_kv_between_rounds = True
