@@ -50,15 +50,15 @@ def load_backend(spec: ModelSpec, generation: dict, seed: int, local_model_dir: 
     from .engine import Engine, pick_device
 
     if generation["backend"] == "vllm":
-        from .vllm_backend import load_vllm
+        from .engine import load_vllm
 
         backend = load_vllm(spec, local_model_dir, seed, gpus=int(spec.extra.get("gpus", 1) or 1))
         return backend, backend.tokenizer, "cuda", None
     device = pick_device(generation["device"])
     model, tok = load_model(spec, device, local_model_dir)
     backend = Engine(model, tok, device, batch_size=int(generation["batch_size"]),
-                     share_prefixes=bool(generation["prefix_tree_prefill"]))
-    backend.reuse_prefixes(bool(generation["carry_kv_between_rounds"]))
+                     prefix_tree_prefill=bool(generation["prefix_tree_prefill"]),
+                     carry_kv_between_rounds=bool(generation["carry_kv_between_rounds"]))
     return backend, tok, device, model
 
 
