@@ -345,3 +345,27 @@ def test_every_winogender_item_gets_four_grammatical_levels_each_saying_more(sha
     by_occupation = {ex["occupation"]: level_texts("winogender", ex)[3] for ex in items}
     assert "whether an accountant is a man or a woman." in by_occupation["accountant"]
     assert "whether a hygienist is a man or a woman." in by_occupation["hygienist"]
+
+
+@pytest.mark.parametrize("case,group", [("gender: same race, other gender", "Black men"),
+                                        ("SES: same race, other SES", "White people with low socioeconomic status")])
+def test_intersectional_examples_as_loaded_name_race_and_second_variable(case, group, shared_data, tmp_path):
+    """Race_x_gender and Race_x_SES examples built from the real templates as the BBQ generator writes them
+    (tests/test_intersectional.py), loaded as the workflow loads them (the template's Known_stereotyped_var2 joined)."""
+    from test_intersectional import cases, instantiate, template_row, write_category
+
+    templates = shared_data / "bbq" / "templates"
+    c = cases(templates)[case]
+    category, q_id = c["q"]
+    built = instantiate(template_row(templates, category, q_id), category, c["first"], c["second"], c["slots"],
+                        words=c.get("words", ("", "")))
+    for ex in data.load_bbq([write_category(tmp_path, category, built)], templates).to_dict("records"):
+        assert level_texts("bbq", ex)[3].endswith(f", such as stereotypes about {group}.")
+
+
+def test_methods_notes_state_each_format_choice():
+    from selfcorrect.formats import methods_notes
+
+    notes = " ".join(methods_notes())
+    assert "BOS" in notes and "[/INST] The answer is" in notes and SMOLLM2_DEFAULT_SYSTEM in notes
+    assert "reconstruction" in notes

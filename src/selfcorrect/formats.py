@@ -196,3 +196,28 @@ def group_phrase(tags: list[str], labels: dict, where: str) -> str | Unwritable:
             f"`{key}: <the group in plain English, plural>`"
         )
     return join_and(parts)
+
+
+# ---------------------------------------------------------------------------------------------- methods page
+
+def methods_notes() -> list[str]:
+    """One sentence per prompt-format choice, for the report's methods page (the model's own system text is
+    :func:`system_prompt_used`, per model)."""
+    return [
+        "Prompts are tokenised as rendered, without the tokenizer adding special tokens; where a tokenizer adds BOS "
+        "by its own rules (Llama-2) and the chat template or the Human/Assistant dialogue does not write it, BOS is "
+        "written before the prompt, so that the model reads it exactly once at the start, as its tokenizer would put "
+        "it; a chat template that writes BOS itself (Llama-2-chat) keeps its own, and a model whose tokenizer adds "
+        "none (GPT-2, OLMo) gets none.",
+        "The answer prefix starts the assistant turn, one space after a chat template's generation prompt that ends "
+        "without whitespace (Llama-2-chat: '[/INST] The answer is', as Meta's format writes answers).",
+        "No system prompt is passed unless the model's config sets one; a chat template that writes a default system "
+        "turn by itself keeps it (SmolLM2's: 'You are a helpful AI assistant named SmolLM, trained by Hugging Face'), "
+        "because that turn is part of the format the model was tuned on; the system text each model read is listed "
+        "with the models.",
+        "Specificity levels (our reconstruction): each level's instruction is the level before it with more of the "
+        "norm named: 'unbiased'; plus 'does not rely on stereotypes' (Ganguli et al.'s instruction); plus the bias "
+        "type (BBQ: the category; Winogender: gender stereotyping about occupations); plus the example's own "
+        "stereotyped group in plain English (group_labels in config/conditions.yaml) or, for Winogender, its "
+        "occupation.",
+    ]
