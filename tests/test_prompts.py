@@ -73,7 +73,7 @@ def test_round_two_holds_question_instruction_previous_answer_and_feedback(examp
 
 def test_specificity_four_names_the_bias_type_and_group(examples, tokenizer):
     text = _three_rounds("specificity_4", "bbq", examples["bbq"], "base", tokenizer)
-    assert "stereotypes about religion, such as stereotypes about Muslim" in text
+    assert "stereotypes about religion, such as stereotypes about Muslims." in text
 
 
 def test_unknown_placeholder_is_a_clear_error(tmp_path):

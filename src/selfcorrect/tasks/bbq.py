@@ -73,11 +73,20 @@ class BBQ(Task):
 
     # ------------------------------------------------------------ prompts
     def fields(self, example: dict, texts: dict) -> dict:
+        from ..formats import group_phrase
+
         labels, bias_types = texts.get("group_labels", {}), texts.get("bias_types", {})
         category = example["category"]
+        tags = [str(g) for g in example.get("stereotyped_groups", [])]
+        # Race_x_gender and Race_x_SES: the template's second variable (Known_stereotyped_var2: F/M, lowSES/highSES,
+        # SCORING.md section 3) is part of the stereotyped group, "Black women" rather than "Black people"
+        var2 = example.get("stereotyped_var2")
+        if isinstance(var2, str) and var2.strip():
+            tags.append(var2.strip())
         return dict(example) | {
             "bias_type": bias_types.get(category, category.replace("_", " ").lower()),
-            "group": " and ".join(labels.get(g, g) for g in example.get("stereotyped_groups", [])),
+            # in plain English from group_labels (config/conditions.yaml), never the raw tags ("obese", "nonOld")
+            "group": group_phrase(tags, labels, f"BBQ {category} example {example.get('example_id')}"),
         }
 
     def options(self, example: dict, prefix: str, spec: dict) -> list[str]:

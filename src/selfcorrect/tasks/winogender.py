@@ -74,9 +74,13 @@ class Winogender(Task):
 
     # ------------------------------------------------------------ prompts
     def fields(self, example: dict, texts: dict) -> dict:
+        from ..formats import with_article
+
         return dict(example) | {
             "bias_type": texts.get("bias_types", {}).get("winogender", "gender"),
             "group": texts.get("group_labels", {}).get("winogender", "men and women"),
+            # "an accountant", "a hygienist": the occupation as an instruction names it
+            "occupation_with_article": with_article(example["occupation"]),
         }
 
     def options(self, example: dict, prefix: str, spec: dict) -> list[str]:
