@@ -250,3 +250,15 @@ def test_vectorised_percentiles_are_numpys_nanquantile():
         ref = np.nanquantile(a, [0.025, 0.975], axis=0)
     for got, want in zip(ours, ref):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_a_resample_draws_as_many_contexts_as_there_are_and_depends_only_on_which(sample):
+    names = np.array(sorted(sample["context_id"].unique()), dtype=object)
+    counts = metrics.Resampler(B, seed=0).counts(names)
+    assert counts.shape == (B, len(names)) and (counts.sum(axis=1) == len(names)).all()
+    # on average every context is drawn once; about 1/e of them are missing from a resample
+    assert counts.mean() == pytest.approx(1.0) and (counts == 0).mean() == pytest.approx(np.exp(-1), abs=0.02)
+    shuffled = np.random.default_rng(0).permutation(len(names))
+    again = metrics.Resampler(B, seed=0).counts(names[shuffled])
+    np.testing.assert_array_equal(again, counts[:, shuffled])
+    assert not np.array_equal(metrics.Resampler(B, seed=1).counts(names), counts)

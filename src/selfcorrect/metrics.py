@@ -165,7 +165,8 @@ def percentile_ci(resampled: np.ndarray, confidence: float) -> tuple[np.ndarray,
     """Percentile CI per column over the resamples (rows) where the statistic is defined, and how many were not.
 
     An undefined resample (no kept or no non-UNKNOWN answer among its draws) says nothing about the statistic's
-    spread; dropping it (np.nanpercentile) conditions the CI on the statistic existing, as its point estimate does.
+    spread; leaving it out (as np.nanquantile would) conditions the CI on the statistic existing, as its point
+    estimate does.
     """
     alpha = (1 - confidence) / 2
     lo, hi = nan_quantiles(resampled, [alpha, 1 - alpha])
