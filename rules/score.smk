@@ -9,6 +9,14 @@ def generations(benchmark):
     )
 
 
+def score_resources(task):
+    """Memory and time of one benchmark's score job, from the size of the run. Scoring reads one model at a time;
+    benchmarks/scoring.py measured 122 s and 2.3 GB peak for one model's paper grid of BBQ (1.75M generation rows,
+    2 cores): about 1.3 kB per row, 1.5x that reserved, and 5 min per 1.75M rows and model allowed."""
+    rows = task.sample_size(config, SOURCES) * len(conditions_for(task.name)) * config["rounds"]
+    return {"mem_mb": 1000 + int(rows * 0.002), "runtime": 10 + int(5 * len(MODELS) * rows / 1.75e6)}
+
+
 # one rule per benchmark of the run: its outputs are the tables its task declares
 for _benchmark, _task in TASKS.items():
 
@@ -29,7 +37,6 @@ for _benchmark, _task in TASKS.items():
         conda:
             "../envs/analysis.yaml"
         resources:
-            mem_mb=4000,
-            runtime=30,
+            **score_resources(_task),
         script:
             "../scripts/score.py"

@@ -337,3 +337,17 @@ def test_the_next_round_reuses_the_answers_kv_cache_too(engine, monkeypatch, rec
         reused_answer_tokens += common - len(p_ids)
     assert reused_answer_tokens > 0
     assert sum(encoded) == expected
+
+
+def test_completions_say_whether_the_token_limit_ended_them(engine, monkeypatch):
+    """A text that ran to max_new_tokens is marked; one ended by an end token or cut at a stop string is not."""
+    from selfcorrect.engine.backend import stopped_text
+
+    monkeypatch.setattr(type(engine), "eos_ids", property(lambda self: {-1}))  # no token ends a row
+    assert [c.reached_limit for c in engine.generate(PROMPTS, 3)] == [True] * len(PROMPTS)
+    every = set(range(len(engine.tokenizer)))
+    monkeypatch.setattr(type(engine), "eos_ids", property(lambda self: every))  # the first token ends every row
+    ended = engine.generate(PROMPTS, 3)
+    assert ended == [""] * len(PROMPTS) and not any(c.reached_limit for c in ended)
+    assert stopped_text("It is (c).\n\nHuman: next", ("\n\nHuman:",), True).reached_limit is False
+    assert stopped_text("It is (c) because the", ("\n\nHuman:",), True).reached_limit is True

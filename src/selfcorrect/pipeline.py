@@ -100,17 +100,42 @@ def generate(
         "condition": condition, "rounds": settings.rounds, "answer_modes": list(settings.answer_modes),
         "n_examples": len(examples), "n_rows": len(table), "wall_seconds": round(time.perf_counter() - t0, 2),
         "threads": threads, "torch": torch.__version__, "shard_key": key,
+        "max_new_tokens": settings.max_new_tokens, "cot_max_new_tokens": settings.cot_max_new_tokens,
+        "share_reasoning_reached_limit": _share(table, "reasoning_reached_limit"),
+        "share_answer_reached_limit": _share(table, "answer_reached_limit"),
     }, meta_out)
+
+
+def _share(table: pd.DataFrame, column: str) -> float | None:
+    """Share of the generated texts (rows where one was generated) that the token limit ended; None if none were."""
+    flags = table[column].dropna() if column in table else pd.Series(dtype=bool)
+    return round(float(flags.astype(bool).mean()), 4) if len(flags) else None
 
 
 # ---------------------------------------------------------------- scores
 
 def score(benchmark: str, generations: list[str], samples: str, bootstrap: dict, seed: int, out: dict[str, str]) -> None:
-    """The task's score tables (``out`` maps each of ``Task.score_tables`` to its path)."""
-    rows = pd.concat([pd.read_parquet(p) for p in generations], ignore_index=True)
-    tables = get_task(benchmark).score(rows, pd.read_parquet(samples), bootstrap, seed)
-    for name, table in tables.items():
-        write_parquet(table, out[name])
+    """The task's score tables (``out`` maps each of ``Task.score_tables`` to its path).
+
+    One model at a time, reading only the columns the task scores: memory is one model's rows (a generation file
+    holds one model's answers to one condition), so a paper-size grid is scored in one job.
+    """
+    task = get_task(benchmark)
+    examples = pd.read_parquet(samples)
+    by_model: dict[str, list[str]] = {}
+    for path in generations:
+        models = pd.read_parquet(path, columns=["model"])["model"].unique()
+        for model in models:
+            by_model.setdefault(str(model), []).append(path)
+    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in task.score_tables}
+    for model, paths in sorted(by_model.items()):
+        rows = pd.concat([pd.read_parquet(p, columns=list(task.generation_columns), filters=[("model", "==", model)])
+                          for p in paths], ignore_index=True)
+        log.info("scoring %s: %d generation rows from %d files", model, len(rows), len(paths))
+        for name, table in task.score(rows, examples, bootstrap, seed).items():
+            parts[name].append(table)
+    for name in task.score_tables:
+        write_parquet(pd.concat(parts[name], ignore_index=True), out[name])
 
 
 # ---------------------------------------------------------------- figures, tables, report

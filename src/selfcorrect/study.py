@@ -123,13 +123,24 @@ def _rounds_of(backend, job: Job, exs: list[dict], ids: list[str]) -> pd.DataFra
             slot = int(np.argmax(probs))
             rows.append({
                 "item_id": ids[i], "round": rnd, "prompt_hash": short_hash(prompts[i]), "prompt": prompts[i],
-                "reasoning": reasoning[i], "raw_text": texts[i],
+                "reasoning": _text(reasoning[i]), "raw_text": _text(texts[i]),
+                # the token limit, not the model, ended the text: a reasoning cut mid-sentence is counted
+                "reasoning_reached_limit": _reached_limit(reasoning[i]), "answer_reached_limit": _reached_limit(texts[i]),
                 "option_logprobs": logprobs[i], "option_probs": probs, "logprob_slot": slot,
             } | task.answer_columns(ex, texts[i]))
             histories[i].append(RoundRecord(
                 answer=task.previous_answer(ex, convs[i].prefix, spec, texts[i], slot), reasoning=reasoning[i],
             ))
     return pd.DataFrame(rows)
+
+
+def _text(text) -> str | None:
+    return None if text is None else str(text)
+
+
+def _reached_limit(text) -> bool | None:
+    """Whether the token limit ended ``text`` (a backend's Completion); None where nothing was generated."""
+    return None if text is None else bool(getattr(text, "reached_limit", False))
 
 
 def run_sharded(

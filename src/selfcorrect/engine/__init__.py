@@ -6,11 +6,11 @@ contract and shared helpers), ``attention``, ``kv`` (the cache and the store tha
 ``vllm`` needs only ``backend``. Nothing outside a backend touches its internals.
 """
 
-from .backend import Backend, cut_at_stops, normalise, pick_device
+from .backend import Backend, Completion, cut_at_stops, normalise, pick_device
 from .engine import Engine
 from .kv import KVStore, new_cache
 from .plan import length_groups, prefix_levels
 from .vllm import VLLMEngine, load_vllm
 
-__all__ = ["Backend", "Engine", "KVStore", "VLLMEngine", "cut_at_stops", "length_groups", "load_vllm", "new_cache",
+__all__ = ["Backend", "Completion", "Engine", "KVStore", "VLLMEngine", "cut_at_stops", "length_groups", "load_vllm", "new_cache",
            "normalise", "pick_device", "prefix_levels"]

@@ -8,6 +8,24 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 
+class Completion(str):
+    """A greedy continuation, as text, that also says whether the token limit ended it (rather than an end token or
+    a stop string): a chain of thought cut mid-sentence is then counted, not mistaken for a finished one."""
+
+    reached_limit: bool
+
+    def __new__(cls, text: str, reached_limit: bool = False) -> "Completion":
+        obj = super().__new__(cls, text)
+        obj.reached_limit = bool(reached_limit)
+        return obj
+
+
+def stopped_text(text: str, stop_strings, reached_limit: bool) -> Completion:
+    """``text`` cut at its first stop string; a continuation cut there was not ended by the limit."""
+    cut = cut_at_stops(text, stop_strings)
+    return Completion(cut, reached_limit and cut == text)
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Greedy answers and option log-probabilities for batches of prompts.
@@ -27,13 +45,13 @@ class Backend(Protocol):
 
     def answer(self, prompts: list[str], max_new_tokens: int | None, options: list[list[str]] | None,
                desc: str = "answer", keys: list | None = None) -> tuple[list[str] | None, list[list[float]] | None]:
-        """Greedy answers (None when ``max_new_tokens`` is None) and log P(option | prompt) per option (None
-        when ``options`` is None)."""
+        """Greedy answers as :class:`Completion` texts (None when ``max_new_tokens`` is None) and log P(option |
+        prompt) per option (None when ``options`` is None)."""
         ...
 
     def generate(self, prompts: list[str], max_new_tokens: int, desc: str = "generate",
                  keys: list | None = None) -> list[str]:
-        """Greedy continuations of ``prompts``."""
+        """Greedy continuations of ``prompts``, as :class:`Completion` texts."""
         ...
 
     def forget(self) -> None:

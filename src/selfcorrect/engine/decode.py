@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from .backend import cut_at_stops
+from .backend import stopped_text
 from .batching import pad_left
 from .kv import rows_of
 
@@ -78,7 +78,8 @@ def greedy(eng: Engine, last, mask, position, cache, max_new_tokens: int):
     texts, fed = [], []
     for row in gen.tolist():
         cut = next((i for i, t in enumerate(row) if t in eng.eos_ids), len(row))
-        texts.append(cut_at_stops(eng.tokenizer.decode(row[:cut], skip_special_tokens=True), eng.stop_strings))
+        texts.append(stopped_text(eng.tokenizer.decode(row[:cut], skip_special_tokens=True), eng.stop_strings,
+                                  reached_limit=cut == len(row)))
         fed.append(row[:n_fed])
     return texts, fed, kept
 

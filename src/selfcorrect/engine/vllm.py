@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from ..models import ModelLoadError, ModelSpec, _hint, _source
-from .backend import cut_at_stops
+from .backend import stopped_text
 
 
 @dataclass
@@ -50,7 +50,8 @@ class VLLMEngine:
         texts = None
         if max_new_tokens:
             outs = self._run(p_ids, self._params(max_tokens=max_new_tokens, skip_special_tokens=True))
-            texts = [cut_at_stops(o.outputs[0].text, self.stop_strings) for o in outs]
+            texts = [stopped_text(o.outputs[0].text, self.stop_strings, o.outputs[0].finish_reason == "length")
+                     for o in outs]
         return texts, (self._option_scores(p_ids, options) if options else None)
 
     def _option_scores(self, p_ids: list[list[int]], options: list[list[str]]) -> list[list[float]]:

@@ -25,6 +25,8 @@ class Task(ABC):
     # tables the score step writes, as results/scores/{name}_{table}.parquet; "outcomes" holds one row per
     # generation row with what the score counts of it
     score_tables: ClassVar[tuple[str, ...]]
+    # the columns of the generation tables its score reads (prompts are never read back)
+    generation_columns: ClassVar[tuple[str, ...]]
     # mean round-1 prompt length in tokens (question block, instruction, markup), for `selfcorrect estimate`
     mean_prompt_tokens: ClassVar[int]
 

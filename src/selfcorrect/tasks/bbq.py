@@ -21,6 +21,9 @@ CELLS_PER_CATEGORY = 4
 class BBQ(Task):
     name = "bbq"
     score_tables = ("outcomes", "cells", "differences")
+    # what the score and the figures read: the answers, and the texts shown in figure 7 and the outcomes table
+    generation_columns = ("item_id", "model", "condition", "round", "generate_slot", "parse_status", "logprob_slot",
+                          "raw_text", "reasoning")
     mean_prompt_tokens = 105
 
     def source_files(self, config: dict, sources: dict) -> list[str]:
@@ -130,7 +133,7 @@ class BBQ(Task):
         resamples, confidence = bootstrap["n_resamples"], bootstrap["confidence"]
         cells = metrics.bbq_cis(items, metrics.bbq_cells(items), resamples, confidence, seed)
         return {
-            "outcomes": items.drop(columns=["prompt"]),
+            "outcomes": items.drop(columns=["prompt"], errors="ignore"),
             "cells": cells,
             "differences": metrics.condition_differences(items, resamples, confidence, seed),
         }

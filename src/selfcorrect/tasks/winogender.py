@@ -38,6 +38,8 @@ def counted(examples: pd.DataFrame) -> pd.Series:
 class Winogender(Task):
     name = "winogender"
     score_tables = ("outcomes", "occupations", "rho")
+    generation_columns = ("item_id", "model", "condition", "round", "option_probs", "option_logprobs", "logprob_slot",
+                          "reasoning")
     mean_prompt_tokens = 55
 
     def source_files(self, config: dict, sources: dict) -> list[str]:
@@ -103,7 +105,7 @@ class Winogender(Task):
         occupations = metrics.occupation_table(items[items["counted"]])
         rho = metrics.rho_cis(occupations, metrics.winogender_rho(occupations), bootstrap["n_resamples"],
                               bootstrap["confidence"], seed)
-        return {"outcomes": items.drop(columns=["prompt"]), "occupations": occupations, "rho": rho}
+        return {"outcomes": items.drop(columns=["prompt"], errors="ignore"), "occupations": occupations, "rho": rho}
 
     # ------------------------------------------------------------ methods page
     def methods_notes(self) -> list[str]:
