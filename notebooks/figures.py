@@ -36,14 +36,15 @@ cells = pd.read_parquet(scores / "bbq_cells.parquet")
 cells.head()
 
 # %% [markdown]
-# ## Figures 1-8
+# ## Figures 1-9
+# `layout` left out: the conditions of config/conditions.yaml that the run holds, grouped as the figure rule groups them.
 
 # %%
-for n in range(1, 9):
+for n in sorted(plotting.FIGURES):
     figure(n, str(scores / "bbq_cells.parquet"), str(scores / "bbq_outcomes.parquet"),
-           str(rho) if rho.exists() else None, str(RUN / "report" / "tables" / "models.csv"), seed=1234,
-           pdf_out=str(OUT / f"figure{n}.pdf"), png_out=str(OUT / f"figure{n}.png"),
-           differences=str(scores / "bbq_differences.parquet"))
+           str(rho) if rho.exists() else None, str(RUN / "report" / "tables" / "models.csv"),
+           str(scores / "bbq_differences.parquet"), seed=1234,
+           pdf_out=str(OUT / f"figure{n}.pdf"), png_out=str(OUT / f"figure{n}.png"))
     print(plotting.title(n), "->", OUT / f"figure{n}.png")
 
 # %% [markdown]

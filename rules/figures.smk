@@ -1,6 +1,10 @@
-# Figures 1-8 of ../shared/STUDY.md and the tables behind them, each declared for `snakemake --report`.
+# Figures 1-9 of the report and the tables behind them, each declared for `snakemake --report`.
+# Which conditions a figure shows is the registry's (config/conditions.yaml: family, level, contrast, cot), and
+# each figure's caption is plotting.caption: report/figure.rst only prints it.
 
-FIGURES = list(range(1, 9))
+from selfcorrect import plotting
+
+FIGURES = sorted(plotting.FIGURES)
 
 
 def winogender_rho():
@@ -14,11 +18,19 @@ def generation_metas():
     ]
 
 
+def figure_layout():
+    """The run's conditions by family, its contrasts and its CoT conditions (a change redraws the figures)."""
+    names = config["conditions"]
+    return {"families": REGISTRY.families(names), "contrasts": REGISTRY.contrasts(names),
+            "cot": REGISTRY.cot_conditions(names)}
+
+
 rule tables:
     input:
         unpack(lambda wc: winogender_rho()),
         cells=score_table("bbq", "cells"),
         differences=score_table("bbq", "differences"),
+        outcomes=score_table("bbq", "outcomes"),
         metas=generation_metas(),
     output:
         models_csv=report("report/tables/models.csv", caption="../report/models.rst", category="Tables"),
@@ -27,6 +39,10 @@ rule tables:
         results_tex="report/tables/results.tex",
         differences_csv=report("report/tables/differences.csv", caption="../report/differences.rst", category="Tables"),
         differences_tex="report/tables/differences.tex",
+        parse_status_csv=report("report/tables/parse_status.csv", caption="../report/parse_status.rst", category="Tables"),
+        parse_status_tex="report/tables/parse_status.tex",
+        position_bias_csv=report("report/tables/position_bias.csv", caption="../report/position_bias.rst", category="Tables"),
+        position_bias_tex="report/tables/position_bias.tex",
     params:
         models=config["models"],
         backend=config["generation"]["backend"],
@@ -45,7 +61,7 @@ rule figure:
     input:
         unpack(lambda wc: winogender_rho()),
         cells=score_table("bbq", "cells"),
-        per_item=score_table("bbq", "outcomes"),
+        outcomes=score_table("bbq", "outcomes"),
         differences=score_table("bbq", "differences"),
         models="report/tables/models.csv",
     output:
@@ -53,8 +69,11 @@ rule figure:
         png=report("report/figures/figure{n}.png", caption="../report/figure.rst", category="Figures"),
     params:
         seed=config["seed"],
+        layout=figure_layout(),
+        # read by report/figure.rst when `snakemake --report` renders the caption
+        caption=lambda wc: plotting.caption(int(wc.n)),
     wildcard_constraints:
-        n="[1-8]",
+        n="|".join(map(str, FIGURES)),
     log:
         "logs/report/figure{n}.log",
     conda:

@@ -1,4 +1,4 @@
-# Methods page, figures 1-8 and the tables in one PDF.
+# Methods page, figures 1-9 and tables 1-5 in one PDF.
 
 
 def data_files():
@@ -11,6 +11,8 @@ rule paper_figures:
         models="report/tables/models.csv",
         results="report/tables/results.csv",
         differences="report/tables/differences.csv",
+        parse_status="report/tables/parse_status.csv",
+        position_bias="report/tables/position_bias.csv",
         metas=generation_metas(),
         data=data_files(),
     output:

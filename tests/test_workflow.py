@@ -53,11 +53,19 @@ def test_the_whole_dag_produces_the_report(workflow_run):
 
     reader = PdfReader(pdf)
     text = "\n".join(page.extract_text() or "" for page in reader.pages)
-    for n in range(1, 9):
+    for n in range(1, 10):
         assert f"Figure {n}:" in text
         assert (work / "report" / "figures" / f"figure{n}.png").stat().st_size > 1000
-    assert "bea11bd97d79217245b5871acd247b9d6eb24598" in text and "46e805b3fc2d8cbd" in text
+    assert "bea11bd97d79217245b5871acd247b9d6eb24598" in text and "d1943d88591be643" in text
     assert "tiny-llama" in text and "Reconstructions" in text
+    assert "Table 4: parse statuses" in text and "Table 5: position bias" in text
+    statuses = pd.read_csv(work / "report" / "tables" / "parse_status.csv")
+    gen = pd.read_parquet(work / "results" / "generations" / "tiny-llama" / "bbq" / "baseline.parquet")
+    row = statuses[(statuses["condition"] == "baseline") & (statuses["round"] == 1)].iloc[0]
+    assert row["n_answers"] == (gen["round"] == 1).sum()
+    position = pd.read_csv(work / "report" / "tables" / "position_bias.csv")
+    assert set(position["answer_mode"]) == {"generate", "logprob"}
+    assert position[["share_a", "share_b", "share_c"]].sum(axis=1).round(6).eq(1).all()
 
 
 @pytest.mark.slow
@@ -135,7 +143,7 @@ def test_notebooks_run_headless_on_the_run(workflow_run, name, tmp_path, monkeyp
         import matplotlib.image as mpimg
         import numpy as np
 
-        for n in range(1, 9):
+        for n in range(1, 10):
             ours = mpimg.imread(tmp_path / f"figure{n}.png")
             theirs = mpimg.imread(work / "report" / "figures" / f"figure{n}.png")
             assert ours.shape == theirs.shape and np.array_equal(ours, theirs), f"figure {n} differs"

@@ -95,6 +95,39 @@ class Registry:
             })
         return rows
 
+    # ------------------------------------------------------------ how the report groups conditions
+    def families(self, names: list[str] | None = None) -> dict[str, list[str]]:
+        """Conditions per ``family:`` (the figure each is drawn in), each family ordered by ``level:`` and then by
+        its place in the registry; only ``names`` (a run's conditions) when given."""
+        keep = self.names if names is None else [n for n in self.names if n in set(names)]
+        out: dict[str, list[str]] = {}
+        for n in keep:
+            family = self.condition(n).get("family")
+            if family:
+                out.setdefault(str(family), []).append(n)
+        rank = {n: i for i, n in enumerate(self.names)}
+        return {f: sorted(members, key=lambda n: (self.condition(n).get("level", 0), rank[n]))
+                for f, members in out.items()}
+
+    def contrasts(self, names: list[str] | None = None) -> list[tuple[str, str]]:
+        """(condition, the condition it is compared with) for every ``contrast:``, in registry order; only pairs
+        whose two conditions are both in ``names`` when given (Table 3's rows, figure 7's bars)."""
+        keep = set(self.names if names is None else names)
+        pairs = []
+        for n in self.names:
+            for other in self._contrast_of(n):
+                if n in keep and other in keep:
+                    pairs.append((n, other))
+        return pairs
+
+    def cot_conditions(self, names: list[str] | None = None) -> list[str]:
+        """Conditions whose model reasons (chain of thought) before it answers."""
+        return [n for n in (self.names if names is None else names) if self.condition(n).get("cot")]
+
+    def _contrast_of(self, name: str) -> list[str]:
+        other = self.condition(name).get("contrast") or []
+        return [other] if isinstance(other, str) else list(other)
+
     def texts(self, names: list[str]) -> dict:
         """Every text a run with these conditions sends (for the methods page and its hash)."""
         keep = {k: v for k, v in self.data.items() if k != "conditions"}
@@ -149,6 +182,20 @@ class Registry:
                 text = (c.get("instruction") or {}).get(bench)
                 if text:
                     self._check(text, set(d["benchmarks"][bench]["placeholders"]), f"conditions.{name}.instruction.{bench}")
+        self._check_report_keys()
+
+    def _check_report_keys(self) -> None:
+        """``level:`` is a number and ``contrast:`` names defined conditions (other than itself)."""
+        for name, c in self.data["conditions"].items():
+            level = c.get("level", 0)
+            if isinstance(level, bool) or not isinstance(level, (int, float)):
+                raise RegistryError(f"{self.path}: conditions.{name}.level is {level!r}; give a number, e.g. level: 1")
+            bad = [o for o in self._contrast_of(name) if o not in self.data["conditions"] or o == name]
+            if bad:
+                raise RegistryError(
+                    f"{self.path}: conditions.{name}.contrast names {bad}; give other defined conditions, one of: "
+                    f"{', '.join(n for n in self.names if n != name)}"
+                )
 
     def _check(self, template: str, allowed: set[str], where: str) -> None:
         bad = placeholders(template) - allowed

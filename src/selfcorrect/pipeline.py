@@ -140,45 +140,58 @@ def score(benchmark: str, generations: list[str], samples: str, bootstrap: dict,
 
 # ---------------------------------------------------------------- figures, tables, report
 
+# what the figures and the answer tables read of the BBQ outcomes table (it also holds every prompt's texts)
+OUTCOME_COLUMNS = ("model", "condition", "round", "answer_mode", "item_id", "example_id", "context_id", "category",
+                   "context_condition", "question_polarity", "pred", "kept", "correct", "non_unknown", "biased",
+                   "parse_status", "ans0_tag", "ans1_tag", "ans2_tag")
+EXPLANATION_COLUMNS = ("question", "reasoning", "raw_text")
+
+
 def _read_optional(path: str | None) -> pd.DataFrame:
     return pd.read_parquet(path) if path else pd.DataFrame(columns=["model", "condition", "round", "answer_mode", "rho"])
+
+
+def read_outcomes(path: str, texts: bool = False) -> pd.DataFrame:
+    """The columns of OUTCOME_COLUMNS the table has (plus the texts figure 7 quotes when ``texts``)."""
+    import pyarrow.parquet as pq
+
+    have = set(pq.read_schema(path).names)
+    wanted = OUTCOME_COLUMNS + (EXPLANATION_COLUMNS if texts else ())
+    return pd.read_parquet(path, columns=[c for c in wanted if c in have])
 
 
 def _metas(paths: list[str]) -> list[dict]:
     return [json.loads(Path(p).read_text()) for p in paths]
 
 
-def tables(models: dict, backend: str, bbq_cells: str, rho: str | None, differences: str, metas: list[str],
-           out: dict) -> None:
+def tables(models: dict, backend: str, bbq_cells: str, rho: str | None, differences: str, outcomes: str,
+           metas: list[str], out: dict) -> None:
+    """Tables 1-5: models, every number, condition differences, parse statuses, position bias."""
+    from .diagnostics import parse_status_table, position_bias_table
     from .report import models_table, results_table, write_table
 
-    cells = pd.read_parquet(bbq_cells)
+    cells, items = pd.read_parquet(bbq_cells), read_outcomes(outcomes)
     write_table(models_table(models, backend, _metas(metas)), out["models_csv"], out["models_tex"])
     write_table(results_table(cells, _read_optional(rho) if rho else None), out["results_csv"], out["results_tex"])
     write_table(pd.read_parquet(differences), out["differences_csv"], out["differences_tex"])
+    write_table(parse_status_table(items), out["parse_status_csv"], out["parse_status_tex"])
+    write_table(position_bias_table(items), out["position_bias_csv"], out["position_bias_tex"])
 
 
-def explanations_sample(items: pd.DataFrame, seed: int, n: int = 3) -> pd.DataFrame:
-    cot = items[(items["condition"] == "instruction_cot") & (items["round"] == 1) & items["reasoning"].notna()]
-    cot = cot.drop_duplicates(["model", "item_id"])
-    return cot.sample(n=min(n, len(cot)), random_state=seed) if len(cot) else cot
-
-
-def figure(number: int, bbq_cells: str, bbq_items: str, rho: str | None, models_csv: str, seed: int,
-           pdf_out: str, png_out: str, differences: str | None = None) -> None:
+def figure(number: int, bbq_cells: str, bbq_outcomes: str, rho: str | None, models_csv: str, differences: str,
+           seed: int, pdf_out: str, png_out: str, layout: dict | None = None) -> None:
+    """Figure ``number``; ``layout`` holds the registry's families, contrasts and CoT conditions of the run
+    (default: every condition of config/conditions.yaml)."""
     from . import plotting
     from .report import save_figure
 
-    cells, models = pd.read_parquet(bbq_cells), pd.read_csv(models_csv)
-    if number == 2:
-        fig = plotting.figure2(_read_optional(rho), models)
-    elif number in (6, 7):
-        items = pd.read_parquet(bbq_items)
-        diffs = pd.read_parquet(differences) if differences else None
-        fig = plotting.figure6(cells, items) if number == 6 else plotting.figure7(cells, explanations_sample(items, seed), diffs)
-    else:
-        fig = getattr(plotting, f"figure{number}")(cells, models)
-    save_figure(fig, pdf_out, png_out)
+    inputs = plotting.Inputs(
+        cells=pd.read_parquet(bbq_cells), items=read_outcomes(bbq_outcomes, texts=number == 7),
+        models=pd.read_csv(models_csv),
+        layout=plotting.Layout(**layout) if layout is not None else plotting.Layout.from_registry(Registry.load()),
+        rho=_read_optional(rho), differences=pd.read_parquet(differences), seed=seed,
+    )
+    save_figure(plotting.draw(number, inputs), pdf_out, png_out)
 
 
 def paper_figures(cfg: dict, out: str, figures: list[str], tables: dict[str, str], metas: list[str], data_files: list[str]) -> None:

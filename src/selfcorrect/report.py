@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
+from . import parsing  # noqa: E402
 from .conditions import Registry  # noqa: E402
 from .io import atomic_path, sha256_file, write_csv, write_text  # noqa: E402
 
@@ -51,6 +52,20 @@ def results_table(bbq: pd.DataFrame, rho: pd.DataFrame | None) -> pd.DataFrame:
         out = pd.concat([out, w[["model", "condition", "round", "answer_mode", "benchmark", "metric", "category",
                                  "context_condition", "n_scored", "value", "ci_low", "ci_high"]]], ignore_index=True)
     return out
+
+
+def parse_rules() -> list[str]:
+    """The parser's rules as its module docstring states them, in its order (the methods page quotes them)."""
+    return textwrap.dedent(parsing.__doc__ or "").strip().splitlines()
+
+
+POSITION_BIAS = (
+    "Position bias (figure 9, Table 5): per model, condition, round and answer mode, the share of answers per "
+    "option letter, and over the negative and non-negative question of each BBQ context (same context, same options "
+    "in the same order) the share answered with the same letter. A model that answers one letter throughout names "
+    "the same group for both questions, whose biased and anti-biased answers cancel: its bias score is 0 whatever "
+    "its social bias."
+)
 
 
 def write_table(df: pd.DataFrame, csv_path: str, tex_path: str, float_format: str = "%.3f") -> None:
@@ -106,11 +121,19 @@ def methods_text(config: dict, metas: list[dict], data_files: list[str], sources
         for bench, text in (c.get("instruction") or {}).items():
             lines.append(f"  {name} [{bench}]{' (CoT)' if c.get('cot') else ''}: {text or '(no instruction)'}")
     lines.append(f"  feedback (rounds >= 2): {' '.join(texts['feedback'].split())}")
+    lines += ["", "Answers",
+              f"  Parse rules (generate mode): selfcorrect/parsing.py, applied in the order of its docstring (quoted at "
+              f"the end of these pages); statuses {', '.join(parsing.STATUSES)}; an answer without a slot is dropped, "
+              "never guessed. Table 4 counts each status per model, condition and round, and every generate-mode "
+              "figure prints the share dropped by status.",
+              f"  {POSITION_BIAS}"]
     lines += ["", "Software: " + ", ".join(f"{k} {v}" for k, v in _versions().items()),
               f"Hardware: {_hardware(metas)}",
               f"Generation wall time: {wall / 60:.1f} min over {len(metas)} jobs; backends: "
               f"{', '.join(sorted({m.get('backend', '?') for m in metas}))}",
-              f"Built: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", "", RECONSTRUCTED]
+              f"Built: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", "", RECONSTRUCTED,
+              "", "Parse rules (the docstring of selfcorrect/parsing.py)"]
+    lines += [f"  {line}" for line in parse_rules()]
     return "\n".join(lines)
 
 

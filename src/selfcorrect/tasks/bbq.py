@@ -128,6 +128,7 @@ class BBQ(Task):
 
     def score(self, generations: pd.DataFrame, examples: pd.DataFrame, bootstrap: dict, seed: int) -> dict[str, pd.DataFrame]:
         from .. import metrics
+        from ..conditions import Registry
 
         items = metrics.bbq_items(generations, examples)
         resamples, confidence = bootstrap["n_resamples"], bootstrap["confidence"]
@@ -135,5 +136,7 @@ class BBQ(Task):
         return {
             "outcomes": items.drop(columns=["prompt"], errors="ignore"),
             "cells": cells,
-            "differences": metrics.condition_differences(items, resamples, confidence, seed),
+            # Table 3's pairs: each condition's `contrast:` in config/conditions.yaml
+            "differences": metrics.condition_differences(items, resamples, confidence, seed,
+                                                         pairs=Registry.load().contrasts()),
         }
