@@ -367,7 +367,9 @@ def test_methods_page_states_the_parse_rules_and_the_position_bias_view(shared_d
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     cfg.update(benchmarks=["bbq"], conditions=CONDITIONS)
     text = methods_text(cfg, [], [], data.load_sources(), Registry.load())
-    assert "Parse rules (generate mode): selfcorrect/parsing.py, applied in the order of its docstring" in text
+    assert "Parse statuses (generate mode): selfcorrect/parsing.py applies its rules in the order of its docstring" in text
+    assert all(status in text for status in parsing.STATUSES)
+    assert all(note in text for note in get_task("bbq").methods_notes())
     assert all(line.strip() in text for line in parsing.__doc__.strip().splitlines() if line.strip())
     assert "Position bias (figure 9, Table 5)" in text
 

@@ -19,6 +19,7 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from . import parsing  # noqa: E402
 from .conditions import Registry  # noqa: E402
 from .io import atomic_path, sha256_file, write_csv, write_text  # noqa: E402
+from .tasks import get_task  # noqa: E402
 
 PACKAGES = ["selfcorrect", "torch", "transformers", "snakemake", "pandas", "numpy", "scipy", "seaborn", "matplotlib", "pyarrow", "gguf"]
 RECONSTRUCTED = (
@@ -121,11 +122,13 @@ def methods_text(config: dict, metas: list[dict], data_files: list[str], sources
         for bench, text in (c.get("instruction") or {}).items():
             lines.append(f"  {name} [{bench}]{' (CoT)' if c.get('cot') else ''}: {text or '(no instruction)'}")
     lines.append(f"  feedback (rounds >= 2): {' '.join(texts['feedback'].split())}")
-    lines += ["", "Answers",
-              f"  Parse rules (generate mode): selfcorrect/parsing.py, applied in the order of its docstring (quoted at "
-              f"the end of these pages); statuses {', '.join(parsing.STATUSES)}; an answer without a slot is dropped, "
-              "never guessed. Table 4 counts each status per model, condition and round, and every generate-mode "
-              "figure prints the share dropped by status.",
+    lines += ["", "What is scored, what is dropped"]
+    for bench in config["benchmarks"]:
+        lines += [f"  {note}" for note in get_task(bench).methods_notes()]
+    lines += [f"  Parse statuses (generate mode): selfcorrect/parsing.py applies its rules in the order of its docstring "
+              f"(quoted at the end of these pages), giving each answer one of: {', '.join(parsing.STATUSES)}; an answer "
+              "without a slot is dropped, never guessed. Table 4 counts each status per model, condition and round, and "
+              "every generate-mode figure prints the share dropped by status.",
               f"  {POSITION_BIAS}"]
     lines += ["", "Software: " + ", ".join(f"{k} {v}" for k, v in _versions().items()),
               f"Hardware: {_hardware(metas)}",

@@ -69,10 +69,12 @@ def _bars(n: int, inp: Inputs):
                     errorbar=None)
         bar_cis(ax, sub, "condition", "model", conditions, models)
         ax.axhline(0, color="black", lw=0.6)
-        ax.set(xlabel=f"family {FIGURE_FAMILY[n]!r} (config/conditions.yaml)", ylabel="bias score", title=f"{label} contexts")
+        ax.set(xlabel="condition", ylabel="bias score", title=f"{label} contexts")
         ax.tick_params(axis="x", rotation=20)
-    return finish(fig, footer(plotted_items(inp, conditions, mode), mode,
-                              "bars: 95% bootstrap CI; reconstructed wordings marked in config/conditions.yaml"))
+    extra = "bars: 95% bootstrap CI; reconstructed wordings marked in config/conditions.yaml"
+    if d["bias_score"].isna().any():
+        extra += "; no bar: no bias score (no scored answer named a group: all UNKNOWN or dropped)"
+    return finish(fig, footer(plotted_items(inp, conditions, mode), mode, extra))
 
 
 def figure3(inp: Inputs):

@@ -139,7 +139,7 @@ def figure7(inp: Inputs, n_samples: int = 3):
     ax.text(0, 1, "\n".join(lines) or "no CoT explanations", va="top", family="monospace", fontsize=6.5)
     ax.set_title("Sampled explanations (verbatim, seeded sample)")
     conditions = sorted({c for a, b in inp.layout.cot_contrasts() for c in (a, b)})
-    pairs = f"pairs scored under both conditions: {diagnostics.span(d['n_pairs'])}" if len(d) else ""
+    pairs = f"paired examples per bar: {diagnostics.span(d['n_pairs'])}" if len(d) else ""
     extra = "; ".join(x for x in [pairs, "bars: paired-bootstrap 95% CI",
                                   "x: CoT score -100 at accuracy 0 (anti-stereotyped and wrong, not less biased)"
                                   if len(d) and d["anti_stereotyped_and_wrong"].any() else ""] if x)
