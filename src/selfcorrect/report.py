@@ -65,7 +65,7 @@ POSITION_BIAS = (
     "option letter, and over the negative and non-negative question of each BBQ context (same context, same options "
     "in the same order) the share answered with the same letter. A model that answers one letter throughout names "
     "the same group for both questions, whose biased and anti-biased answers cancel: its bias score is 0 whatever "
-    "its social bias."
+    "its social bias (exactly 0 where both questions of every context are in the sample)."
 )
 
 

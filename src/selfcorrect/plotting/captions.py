@@ -39,9 +39,10 @@ CAPTIONS = {
         "Left: the letter a model chose most often and its share of the answers. Right: the share of a context's "
         "negative and non-negative question (same context, same options in the same order) answered with the same "
         "letter; 33% for letters drawn at random. A model that gives the same letter whatever the question names "
-        "the same group for both questions, one answer counting as biased and the other as anti-biased: they "
-        "cancel, and its bias score is 0 whatever its social bias. Where the share is near 100%, a bias score near "
-        "0 measures a preferred position, not fairness. In ambiguous contexts both correct answers are the UNKNOWN "
+        "the same option for both questions; where that option is a group, one answer counts as biased and the "
+        "other as anti-biased: they cancel, and its bias score is 0 whatever its social bias (exactly 0 where both "
+        "questions of every context are in the sample). Where the share is near 100%, a bias score near 0 measures "
+        "a preferred position, not fairness. In ambiguous contexts both correct answers are the UNKNOWN "
         "option, so a high share there can also mean correct answers: Table 5 gives the share with the same group "
         "(same_group) and the full letter distribution per round."),
 }
