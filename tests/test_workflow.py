@@ -56,7 +56,7 @@ def test_the_whole_dag_produces_the_report(workflow_run):
     for n in range(1, 10):
         assert f"Figure {n}:" in text
         assert (work / "report" / "figures" / f"figure{n}.png").stat().st_size > 1000
-    assert "bea11bd97d79217245b5871acd247b9d6eb24598" in text and "61a7c28c68b88880" in text
+    assert "bea11bd97d79217245b5871acd247b9d6eb24598" in text and "912289630ff9b4fb" in text
     assert "tiny-llama" in text and "Reconstructions" in text
     assert "Table 4: parse statuses" in text and "Table 5: position bias" in text
     statuses = pd.read_csv(work / "report" / "tables" / "parse_status.csv")

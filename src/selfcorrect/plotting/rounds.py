@@ -72,7 +72,10 @@ def figure6(inp: Inputs):
 # ---------------------------------------------------------------- figure 7: chain of thought
 
 def explanations_sample(items: pd.DataFrame, cot_conditions, seed: int, n: int = 3) -> pd.DataFrame:
-    """``n`` round-1 reasoning texts of the CoT conditions, drawn with ``seed`` (one per model and example)."""
+    """``n`` round-1 reasoning texts of the CoT conditions, drawn with ``seed`` (one per model and example); none
+    where the outcomes table carries no texts."""
+    if not {"reasoning", "raw_text", "question"} <= set(items.columns):
+        return items.iloc[:0]
     cot = items[items["condition"].isin(list(cot_conditions)) & (items["round"] == 1) & items["reasoning"].notna()]
     cot = cot.drop_duplicates(["model", "condition", "item_id"])
     return cot.sample(n=min(n, len(cot)), random_state=seed) if len(cot) else cot
