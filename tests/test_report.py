@@ -183,6 +183,16 @@ def test_same_letter_separates_a_correct_model_from_a_constant_one(run):
     assert np.allclose(logprob["share_unknown"], unknown_share)
 
 
+def test_a_run_whose_answers_were_all_dropped_keeps_its_position_bias_row(examples):
+    # a small model's generate-mode answers may all go unparsed: the table says so instead of leaving the run out
+    gens = _generations(examples, {"mumbler": lambda ex, i: (" hmm", i % 3)}, ["baseline"], rounds=(1,))
+    items = get_task("bbq").score(gens, examples, BOOTSTRAP, seed=0)["outcomes"]
+    table = diagnostics.position_bias_table(items).set_index("answer_mode")
+    assert table.loc["generate", "n_answers"] == 0 and table.loc["generate", "n_pairs"] == 0
+    assert np.isnan(table.loc["generate", "same_letter"])
+    assert table.loc["logprob", "n_answers"] == len(examples)
+
+
 def test_figure_9_shows_the_constant_letter_and_says_what_it_does_to_the_bias_score(run):
     fig = plotting.draw(9, _inputs(run))
     assert fig._suptitle.get_text().startswith("Figure 9: Position bias")

@@ -143,24 +143,26 @@ def position_bias_table(items: pd.DataFrame) -> pd.DataFrame:
     same letter (``same_letter``) and with the same group, i.e. the same non-UNKNOWN option (``same_group``).
 
     A pair with the same group contributes one biased and one anti-biased answer, so it adds nothing to the
-    bias score; a model that answers one letter throughout has same_letter = 1 and a bias score of 0.
+    bias score; a model that answers one letter throughout has same_letter = 1 and a bias score of 0. A run whose
+    answers all went without a slot (generate mode) keeps its row, with n_answers = 0 and no shares.
     """
     answered = items[items["pred"].notna()]
     cols = (RUN_MODE + ["n_answers"] + [f"share_{x}" for x in LETTERS]
             + ["share_unknown", "n_pairs", "same_letter", "same_group"])
-    if answered.empty:
+    if items.empty:
         return pd.DataFrame(columns=cols)
+    # every run keeps its row: one whose answers were all dropped (generate mode) shows n_answers = 0
+    runs = items[RUN_MODE].drop_duplicates().set_index(RUN_MODE)
     letters = answered.assign(letter=[LETTERS[int(s)] for s in answered["pred"]],
                               unknown=bbq.slot_tag(answered, answered["pred"]).eq("unknown").to_numpy())
-    shares = pd.crosstab([letters[k] for k in RUN_MODE], letters["letter"], normalize="index")
-    shares = shares.reindex(columns=list(LETTERS), fill_value=0.0)
-    shares.columns = [f"share_{x}" for x in LETTERS]
+    counts = pd.DataFrame({x: letters["letter"].eq(x) for x in LETTERS}).groupby([letters[k] for k in RUN_MODE]).sum()
+    shares = counts.div(counts.sum(axis=1), axis=0).add_prefix("share_")
     per_run = letters.groupby(RUN_MODE).agg(n_answers=("item_id", "size"), share_unknown=("unknown", "mean"))
     pairs = polarity_pairs(items)
     same = pairs.assign(same_letter=pairs["pred_neg"] == pairs["pred_nonneg"])
     same = same.assign(same_group=same["same_letter"] & ~same["unknown_neg"].astype(bool))
     per_pair = same.groupby(RUN_MODE).agg(n_pairs=("same_letter", "size"), same_letter=("same_letter", "mean"),
                                           same_group=("same_group", "mean"))
-    out = per_run.join(shares).join(per_pair).reset_index()
-    out["n_pairs"] = out["n_pairs"].fillna(0).astype(int)
+    out = runs.join(per_run).join(shares).join(per_pair).reset_index()
+    out[["n_answers", "n_pairs"]] = out[["n_answers", "n_pairs"]].fillna(0).astype(int)
     return out[cols].sort_values(RUN_MODE, ignore_index=True)

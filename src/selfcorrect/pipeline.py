@@ -180,16 +180,18 @@ def tables(models: dict, backend: str, bbq_cells: str, rho: str | None, differen
 
 def figure(number: int, bbq_cells: str, bbq_outcomes: str, rho: str | None, models_csv: str, differences: str,
            seed: int, pdf_out: str, png_out: str, layout: dict | None = None) -> None:
-    """Figure ``number``; ``layout`` holds the registry's families, contrasts and CoT conditions of the run
-    (default: every condition of config/conditions.yaml)."""
+    """Figure ``number``; ``layout`` holds the registry's families, contrasts and CoT conditions of the run, as the
+    figure rule passes them (default: those of config/conditions.yaml for the conditions the score tables hold)."""
     from . import plotting
     from .report import save_figure
 
+    cells, rho_table = pd.read_parquet(bbq_cells), _read_optional(rho)
+    if layout is None:
+        run = sorted(set(cells["condition"]) | set(rho_table["condition"]))
+        layout = plotting.Layout.from_registry(Registry.load(), run).__dict__
     inputs = plotting.Inputs(
-        cells=pd.read_parquet(bbq_cells), items=read_outcomes(bbq_outcomes, texts=number == 7),
-        models=pd.read_csv(models_csv),
-        layout=plotting.Layout(**layout) if layout is not None else plotting.Layout.from_registry(Registry.load()),
-        rho=_read_optional(rho), differences=pd.read_parquet(differences), seed=seed,
+        cells=cells, items=read_outcomes(bbq_outcomes, texts=number == 7), models=pd.read_csv(models_csv),
+        layout=plotting.Layout(**layout), rho=rho_table, differences=pd.read_parquet(differences), seed=seed,
     )
     save_figure(plotting.draw(number, inputs), pdf_out, png_out)
 

@@ -55,13 +55,11 @@ def _bars(n: int, inp: Inputs):
 
     fig, axes = new_figure(n, ncols=2)
     mode, bbq = primary_mode(inp.cells), inp.cells
-    wanted = inp.layout.figure_conditions(n)
-    conditions = present(wanted, bbq)
+    conditions = present(inp.layout.figure_conditions(n), bbq)
     d = bbq[(bbq["category"] == "All") & (bbq["round"] == 1) & (bbq["answer_mode"] == mode)
             & bbq["condition"].isin(conditions)]
     if d.empty:
-        family = FIGURE_FAMILY[n]
-        return empty(fig, f"no condition of family {family!r} was run ({', '.join(wanted) or 'none defined'})")
+        return empty(fig, f"no condition of family {FIGURE_FAMILY[n]!r} (config/conditions.yaml) was run")
     for ax, (ctx, label) in zip(axes[0], CONTEXTS.items()):
         sub = d[d["context_condition"] == ctx]
         models = list(dict.fromkeys(d["model"]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import diagnostics
 from .base import BLANK, blank_legend, empty, finish, footer, new_figure, plotted_items, present, primary_mode
 from .layout import Inputs
@@ -40,9 +42,11 @@ def figure9(inp: Inputs):
     if table.empty:
         return empty(fig, "no BBQ answers in this run")
     conditions = list(dict.fromkeys(present(inp.layout.order(), table) + list(table["condition"])))
-    shares = table[[f"share_{x}" for x in diagnostics.LETTERS]].to_numpy()
-    table = table.assign(top_share=shares.max(axis=1),
-                         top=[f"({diagnostics.LETTERS[i]}) {100 * s:.0f}%" for i, s in zip(shares.argmax(axis=1), shares.max(axis=1))])
+    shares = table[[f"share_{x}" for x in diagnostics.LETTERS]].fillna(-1).to_numpy()
+    top = shares.max(axis=1)
+    table = table.assign(top_share=np.where(top < 0, np.nan, top),
+                         top=[f"({diagnostics.LETTERS[i]}) {100 * s:.0f}%" if s >= 0 else ""
+                              for i, s in zip(shares.argmax(axis=1), top)])
     for row, mode in zip(axes, modes):
         t = table[table["answer_mode"] == mode]
         grid = lambda col: t.pivot_table(index="model", columns="condition", values=col, aggfunc="first",  # noqa: E731
