@@ -72,7 +72,7 @@ def generate(
     """
     import torch
 
-    from .formats import render
+    from .formats import render, system_prompt_used
 
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, threads))
@@ -100,6 +100,7 @@ def generate(
         "condition": condition, "rounds": settings.rounds, "answer_modes": list(settings.answer_modes),
         "n_examples": len(examples), "n_rows": len(table), "wall_seconds": round(time.perf_counter() - t0, 2),
         "threads": threads, "torch": torch.__version__, "shard_key": key,
+        "system_prompt_used": system_prompt_used(tok, spec.system_prompt, fmt),
         "max_new_tokens": settings.max_new_tokens, "cot_max_new_tokens": settings.cot_max_new_tokens,
         "share_reasoning_reached_limit": _share(table, "reasoning_reached_limit"),
         "share_answer_reached_limit": _share(table, "answer_reached_limit"),

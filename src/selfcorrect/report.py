@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
-from . import parsing  # noqa: E402
+from . import formats, parsing  # noqa: E402
 from .conditions import Registry  # noqa: E402
 from .io import atomic_path, sha256_file, write_csv, write_text  # noqa: E402
 from .tasks import get_task  # noqa: E402
@@ -113,9 +113,14 @@ def methods_text(config: dict, metas: list[dict], data_files: list[str], sources
               f"seed={config.get('seed')}, rounds={config['rounds']}, answer modes={', '.join(config['answer_modes'])}",
               f"  generation: {json.dumps(config.get('generation', {}), sort_keys=True)}",
               "", "Models"]
+    system = {m["model"]: m.get("system_prompt_used") for m in metas if "system_prompt_used" in m}
     for name, m in config["models"].items():
         lines.append(f"  {name}: {m['path']} revision={m.get('revision') or 'unpinned'}"
                      + (f" gguf={m['gguf_file']}" if m.get("gguf_file") else ""))
+        if name in system:
+            lines.append(f"    system text the model reads: {system[name]!r}" if system[name] else
+                         "    system text the model reads: none")
+    lines += ["", "Prompt format"] + [f"  {note}" for note in formats.methods_notes()]
     lines += ["", f"Prompt texts (config/conditions.yaml, sha256/16 of the texts used: {prompt_hash})"]
     for name in config["conditions"]:
         c = registry.condition(name)
@@ -129,7 +134,14 @@ def methods_text(config: dict, metas: list[dict], data_files: list[str], sources
               f"(quoted at the end of these pages), giving each answer one of: {', '.join(parsing.STATUSES)}; an answer "
               "without a slot is dropped, never guessed. Table 4 counts each status per model, condition and round, and "
               "every generate-mode figure prints the share dropped by status.",
-              f"  {POSITION_BIAS}"]
+              f"  {POSITION_BIAS}",
+              "  Uncertainty: 95% CIs are percentile bootstraps (config `bootstrap:`) that resample whole BBQ contexts "
+              "(the four questions of a context together) within each cell, and occupations for Winogender rho; "
+              "resamples whose score is undefined (e.g. no non-unknown answer) are left out and counted "
+              "(n_resamples_undefined); a condition difference uses only examples scored under both conditions.",
+              "  Sample: BBQ draws sample_per_cell whole contexts per category (seeded), each giving one question to "
+              "every context x polarity cell."]
+    lines += ["", "Generation limits"] + limit_lines(metas)
     lines += ["", "Software: " + ", ".join(f"{k} {v}" for k, v in _versions().items()),
               f"Hardware: {_hardware(metas)}",
               f"Generation wall time: {wall / 60:.1f} min over {len(metas)} jobs; backends: "
@@ -138,6 +150,21 @@ def methods_text(config: dict, metas: list[dict], data_files: list[str], sources
               "", "Parse rules (the docstring of selfcorrect/parsing.py)"]
     lines += [f"  {line}" for line in parse_rules()]
     return "\n".join(lines)
+
+
+def limit_lines(metas: list[dict]) -> list[str]:
+    """How often the token limit, not the model, ended a text: per job with chain of thought, the share of reasoning
+    texts cut at cot_max_new_tokens (and of answers cut at max_new_tokens wherever any was)."""
+    lines = []
+    for m in sorted(metas, key=lambda m: (m.get("model", ""), m.get("benchmark", ""), m.get("condition", ""))):
+        cot, ans = m.get("share_reasoning_reached_limit"), m.get("share_answer_reached_limit")
+        if cot is not None:
+            lines.append(f"  {m['model']} {m['benchmark']} {m['condition']}: {cot:.0%} of reasoning texts cut at "
+                         f"{m.get('cot_max_new_tokens')} tokens")
+        if ans:
+            lines.append(f"  {m['model']} {m['benchmark']} {m['condition']}: {ans:.0%} of answers cut at "
+                         f"{m.get('max_new_tokens')} tokens")
+    return lines or ["  no text reached its token limit"]
 
 
 def _text_pages(pdf: PdfPages, text: str, title: str, lines_per_page: int = 70) -> None:
