@@ -35,6 +35,7 @@ rule tables:
     conda:
         "../envs/analysis.yaml"
     resources:
+        **CPU_JOB,
         mem_mb=2000,
         runtime=10,
     script:
@@ -60,6 +61,7 @@ rule figure:
     conda:
         "../envs/analysis.yaml"
     resources:
+        **CPU_JOB,
         mem_mb=2000,
         runtime=10,
     script:

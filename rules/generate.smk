@@ -4,21 +4,24 @@
 GENERATION_KEYS = ("rounds", "answer_modes", "generation", "seed")
 
 
-def local_model(wildcards):
-    """GGUF models are converted once by prepare_model; hub models load from the hub cache."""
+def model_files(wildcards):
+    """GGUF models are converted once by prepare_model; hub models load the snapshot their weights rule recorded."""
     if config["models"][wildcards.model].get("gguf_file"):
         return {"model": f"resources/models/{wildcards.model}"}
+    if wildcards.model in HUB_MODELS:
+        return {"weights": weights_record(wildcards.model)}
     return {}
 
 
-def generation_env():
-    """vLLM runs in an environment of its own: it pins its own torch build."""
-    return "../envs/vllm.yaml" if config["generation"]["backend"] == "vllm" else "../envs/generate.yaml"
+def generation_env(wildcards):
+    """vLLM runs in an environment of its own: it pins its own torch build. The model's `backend:` decides."""
+    backend = model_backend(config["models"][wildcards.model], config["generation"])
+    return "../envs/vllm.yaml" if backend == "vllm" else "../envs/generate.yaml"
 
 
 rule generate:
     input:
-        unpack(local_model),
+        unpack(model_files),
         samples="results/samples/{benchmark}.parquet",
     output:
         table="results/generations/{model}/{benchmark}/{condition}.parquet",
@@ -33,9 +36,9 @@ rule generate:
         "logs/generate/{model}/{benchmark}/{condition}.log",
     benchmark:
         "benchmarks/runs/generate/{model}/{benchmark}/{condition}.tsv"
-    threads: 2
+    threads: config["cluster"]["generate_cpus"]
     conda:
-        generation_env()
+        generation_env
     resources:
         **model_resources(config),
     script:
