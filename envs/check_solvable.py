@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from packaging.version import Version
 
 ENVS = Path(__file__).resolve().parent
 
@@ -44,13 +45,19 @@ def resolve(pins: list[str]) -> tuple[int, dict, str]:
         return proc.returncode, chosen, proc.stderr
 
 
+def _same(got: str, pinned: str) -> bool:
+    """Equal as versions (PEP 440: 13.0.3.0 is 13.0.3)."""
+    return bool(got) and Version(got) == Version(pinned)
+
+
 def main(argv: list[str]) -> int:
     files = [Path(a) for a in argv] or sorted(ENVS.glob("*.yaml"))
     failed = 0
     for env_file in files:
         pins = pip_pins(env_file)
         rc, chosen, err = resolve(pins)
-        wrong = [p for p in pins if chosen.get(p.split("==")[0].lower().replace("_", "-"), ("",))[0] != p.split("==")[1]]
+        wrong = [p for p in pins if not _same(chosen.get(p.split("==")[0].lower().replace("_", "-"), ("",))[0],
+                                               p.split("==")[1])]
         ok = rc == 0 and not wrong
         failed += not ok
         print(f"{env_file.name}: {'resolves' if ok else 'DOES NOT RESOLVE'} ({len(chosen)} packages)")

@@ -2,6 +2,8 @@
 
 # the config keys a generation job's rows depend on (a change to any other key, e.g. a figure's, reruns nothing here)
 GENERATION_KEYS = ("rounds", "answer_modes", "generation", "seed")
+# keys of a model's entry that only tell the scheduler what to grant: changing them reruns no generation
+SCHEDULING_KEYS = ("mem_mb", "runtime_min", "gpu_constraint", "gpu_model")
 
 
 def model_files(wildcards):
@@ -27,7 +29,7 @@ rule generate:
         table="results/generations/{model}/{benchmark}/{condition}.parquet",
         meta="results/generations/{model}/{benchmark}/{condition}.meta.json",
     params:
-        model=lambda wc: config["models"][wc.model],
+        model=lambda wc: {k: v for k, v in config["models"][wc.model].items() if k not in SCHEDULING_KEYS},
         study={k: config[k] for k in GENERATION_KEYS},
         # the hash of the texts this job sends: editing another condition's wording reruns only that condition
         prompt_texts=lambda wc: REGISTRY.job_texts_hash(wc.condition, wc.benchmark),

