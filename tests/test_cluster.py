@@ -140,6 +140,13 @@ def test_several_gpus_on_the_transformers_backend_are_refused_at_start_up():
         check_cluster(cfg)
 
 
+def test_vllm_without_gpus_is_refused_at_start_up():
+    cfg = paper()
+    cfg["models"]["gpt2-medium"].update(backend="vllm", gpus=0)
+    with pytest.raises(ConfigError, match=r"models\.gpt2-medium\.gpus.*vLLM backend runs on GPUs only"):
+        check_cluster(cfg)
+
+
 def test_gpus_with_device_cpu_are_refused_at_start_up():
     cfg = paper()
     cfg["generation"]["device"] = "cpu"

@@ -58,6 +58,9 @@ def check_cluster(config: dict) -> None:
             problems.append(
                 f"config key `models.{name}.gpus`: {gpus} GPUs need the vLLM backend (tensor_parallel_size = gpus); "
                 f"the transformers engine runs on one GPU. Set `models.{name}.backend: vllm`, or gpus: 1")
+        if gpus < 1 and model_backend(m, config["generation"]) == "vllm":
+            problems.append(f"config key `models.{name}.gpus`: 0, but the vLLM backend runs on GPUs only; "
+                            f"set gpus: 1 or more, or `models.{name}.backend: transformers`")
         if gpus >= 1 and config["generation"]["device"] == "cpu":
             problems.append(f"config key `generation.device`: 'cpu' while model {name!r} asks for {gpus} GPU(s); "
                             "set device: cuda (or auto), or gpus: 0 for this model")
