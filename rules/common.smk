@@ -3,7 +3,7 @@ import re
 import sys
 from pathlib import Path
 
-from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 # The library lives in src/; jobs (local, conda or cluster) inherit PYTHONPATH.
@@ -14,13 +14,17 @@ os.environ.setdefault("SELFCORRECT_ROOT", workflow.basedir)
 
 from selfcorrect.conditions import Registry  # noqa: E402
 from selfcorrect.config_checks import (  # noqa: E402
+    check_cluster,
     check_mirror,
     check_schema,
     check_study,
-    gated_without_token,
+    cpu_resources,
+    gated_without_access,
+    model_backend,
     model_resources,
 )
 from selfcorrect.data import load_sources  # noqa: E402
+from selfcorrect.revisions import hub_models, unpinned  # noqa: E402
 from selfcorrect.tasks import get_task  # noqa: E402
 
 SCHEMA = Path(workflow.basedir) / "config" / "config.schema.yaml"
@@ -28,21 +32,32 @@ check_schema(config, SCHEMA)  # one line per problem: key, bad value, what is al
 validate(config, str(SCHEMA))  # snakemake's own check; fills in the schema's `default:` entries
 REGISTRY = Registry.load()
 check_study(config, REGISTRY)  # unknown condition, bad combination: stop before any job
+check_cluster(config)  # several GPUs on the transformers engine, GPUs with device: cpu
+
+if workflow.is_main_process:  # not again in every job's own snakemake
+    for line in unpinned(config):
+        logger.warning(f"WARNING: {line}")
 
 SOURCES = load_sources()
 check_mirror(config, SOURCES)
 
 
 onstart:
-    # a real run (not a dry-run) of gated models needs a token before any job starts
-    gated = gated_without_token(config)
-    if gated:
-        raise WorkflowError(
-            f"models {gated} are gated on the Hugging Face hub: request access on their model pages, then run "
-            "`huggingface-cli login` or export HF_TOKEN=<token> and start again"
+    # a real run (not a dry-run) asks the hub, per gated model, whether this token may read it; a model it may not
+    # read fails at its weights rule, the other models run (keep-going)
+    denied, unchecked = gated_without_access(config)
+    for line in unchecked:
+        logger.warning(f"WARNING: {line}")
+    for name, why in denied.items():
+        logger.warning(
+            f"WARNING: model {name!r} cannot be read: {why}. Request access on its model page, then "
+            "`huggingface-cli login` or export HF_TOKEN=<token>; its jobs will fail, the other models' run"
         )
 
 MODELS = list(config["models"])
+HUB_MODELS = list(hub_models(config))
+# partition and account of every job that is not a generation job (each rule's `resources:` spreads it in)
+CPU_JOB = cpu_resources(config)
 TASKS = {name: get_task(name) for name in config["benchmarks"]}
 
 

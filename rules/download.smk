@@ -15,6 +15,7 @@ rule download:
     conda:
         "../envs/data.yaml"
     resources:
+        **CPU_JOB,
         mem_mb=512,
         runtime=30,
     script:

@@ -51,6 +51,7 @@ rule tables:
     conda:
         "../envs/analysis.yaml"
     resources:
+        **CPU_JOB,
         mem_mb=2000,
         runtime=10,
     script:
@@ -79,6 +80,7 @@ rule figure:
     conda:
         "../envs/analysis.yaml"
     resources:
+        **CPU_JOB,
         mem_mb=2000,
         runtime=10,
     script:

@@ -2,29 +2,34 @@
 
 # the config keys a generation job's rows depend on (a change to any other key, e.g. a figure's, reruns nothing here)
 GENERATION_KEYS = ("rounds", "answer_modes", "generation", "seed")
+# keys of a model's entry that only tell the scheduler what to grant: changing them reruns no generation
+SCHEDULING_KEYS = ("mem_mb", "runtime_min", "gpu_constraint", "gpu_model")
 
 
-def local_model(wildcards):
-    """GGUF models are converted once by prepare_model; hub models load from the hub cache."""
+def model_files(wildcards):
+    """GGUF models are converted once by prepare_model; hub models load the snapshot their weights rule recorded."""
     if config["models"][wildcards.model].get("gguf_file"):
         return {"model": f"resources/models/{wildcards.model}"}
+    if wildcards.model in HUB_MODELS:
+        return {"weights": weights_record(wildcards.model)}
     return {}
 
 
-def generation_env():
-    """vLLM runs in an environment of its own: it pins its own torch build."""
-    return "../envs/vllm.yaml" if config["generation"]["backend"] == "vllm" else "../envs/generate.yaml"
+def generation_env(wildcards):
+    """vLLM runs in an environment of its own: it pins its own torch build. The model's `backend:` decides."""
+    backend = model_backend(config["models"][wildcards.model], config["generation"])
+    return "../envs/vllm.yaml" if backend == "vllm" else "../envs/generate.yaml"
 
 
 rule generate:
     input:
-        unpack(local_model),
+        unpack(model_files),
         samples="results/samples/{benchmark}.parquet",
     output:
         table="results/generations/{model}/{benchmark}/{condition}.parquet",
         meta="results/generations/{model}/{benchmark}/{condition}.meta.json",
     params:
-        model=lambda wc: config["models"][wc.model],
+        model=lambda wc: {k: v for k, v in config["models"][wc.model].items() if k not in SCHEDULING_KEYS},
         study={k: config[k] for k in GENERATION_KEYS},
         # the hash of the texts this job sends: editing another condition's wording reruns only that condition
         prompt_texts=lambda wc: REGISTRY.job_texts_hash(wc.condition, wc.benchmark),
@@ -33,9 +38,9 @@ rule generate:
         "logs/generate/{model}/{benchmark}/{condition}.log",
     benchmark:
         "benchmarks/runs/generate/{model}/{benchmark}/{condition}.tsv"
-    threads: 2
+    threads: config["cluster"]["generate_cpus"]
     conda:
-        generation_env()
+        generation_env
     resources:
         **model_resources(config),
     script:

@@ -16,6 +16,7 @@ rule prepare:
     conda:
         "../envs/data.yaml"
     resources:
+        **CPU_JOB,
         mem_mb=4000,
         runtime=30,
     script:
@@ -32,6 +33,7 @@ rule prepare_model:
     conda:
         "../envs/generate.yaml"
     resources:
+        **CPU_JOB,
         mem_mb=4000,
         runtime=30,
     script:

@@ -24,6 +24,7 @@ rule paper_figures:
     conda:
         "../envs/analysis.yaml"
     resources:
+        **CPU_JOB,
         mem_mb=2000,
         runtime=10,
     script:

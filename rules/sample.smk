@@ -13,6 +13,7 @@ rule sample:
     conda:
         "../envs/data.yaml"
     resources:
+        **CPU_JOB,
         mem_mb=2000,
         runtime=10,
     script:

@@ -39,6 +39,7 @@ for _benchmark, _task in TASKS.items():
         conda:
             "../envs/analysis.yaml"
         resources:
+            **CPU_JOB,
             **score_resources(_task),
         script:
             "../scripts/score.py"

@@ -51,8 +51,11 @@ class FakeLLM:
                     continue
                 gen = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=params.max_tokens,
                                           do_sample=False, pad_token_id=self.tok.pad_token_id)
-            text = self.tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=params.skip_special_tokens)
-            out.append(SimpleNamespace(prompt_logprobs=None, outputs=[SimpleNamespace(text=text)]))
+            new = gen[0, ids.shape[1]:]
+            text = self.tok.decode(new, skip_special_tokens=params.skip_special_tokens)
+            # vLLM's CompletionOutput.finish_reason: "length" when max_tokens ended it, "stop" at an end token
+            reason = "stop" if (new == self.tok.eos_token_id).any() else "length"
+            out.append(SimpleNamespace(prompt_logprobs=None, outputs=[SimpleNamespace(text=text, finish_reason=reason)]))
         return out
 
 
@@ -80,10 +83,13 @@ def test_vllm_adapter_cuts_at_the_base_format_stop_string(loaded):
 
     class Talkative(FakeLLM):
         def generate(self, prompts, params, use_tqdm=True):
-            return [SimpleNamespace(outputs=[SimpleNamespace(text=" (c) Unknown.\n\nHuman: next question")])] * len(prompts)
+            return [SimpleNamespace(outputs=[SimpleNamespace(text=" (c) Unknown.\n\nHuman: next question",
+                                                             finish_reason="length")])] * len(prompts)
 
     adapter = VLLMEngine(Talkative(model, tok), tok, stop_strings=("\n\nHuman:",), progress=False, sampling_params=Params)
-    assert adapter.generate(PROMPTS[:1], 8) == [" (c) Unknown."]
+    texts = adapter.generate(PROMPTS[:1], 8)
+    assert texts == [" (c) Unknown."]
+    assert texts[0].reached_limit is False  # the stop string, not the limit, ended the answer
 
 
 def test_vllm_backend_without_vllm_installed_names_the_model_and_the_fix():

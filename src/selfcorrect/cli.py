@@ -156,8 +156,7 @@ def cmd_estimate(args) -> int:
         cfg = with_defaults(cfg)  # the workflow's own first check (unknown keys, types, ranges), then its defaults
     except ConfigError as err:
         raise UsageError(f"--configfile {args.configfile or DEFAULT_CONFIG}: {err}") from None
-    table = estimate(cfg, tflops=args.tflops, mfu=args.mfu)
-    print(format_estimate(table, args.tflops, args.mfu))
+    print(format_estimate(estimate(cfg), cfg))
     return 0
 
 
@@ -193,10 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--registry", default=str(PROJECT_ROOT / "config" / "conditions.yaml"))
     s.set_defaults(func=cmd_render)
 
-    s = sub.add_parser("estimate", help="prompts, tokens and GPU hours of a study config")
+    s = sub.add_parser("estimate", help="prompts, tokens and device hours of a study config, prefill and decode "
+                                        "apart, from measured rates (which it prints)")
     s.add_argument("--configfile", help="study config (default: config.yaml)")
-    s.add_argument("--tflops", type=float, default=989.0, help="reference GPU dense bf16 TFLOP/s (H100 SXM: 989)")
-    s.add_argument("--mfu", type=float, default=0.35, help="assumed fraction of that peak achieved end to end")
     s.set_defaults(func=cmd_estimate)
 
     s = sub.add_parser("pin-revisions", help="look up each hub model's commit and (with --write) pin it in the config")

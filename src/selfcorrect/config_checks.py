@@ -42,8 +42,50 @@ def check_model_source(name: str, m: dict) -> None:
         raise ConfigError(f"config key `models.{name}.path`: local model directory {path!r} does not exist")
 
 
+def model_backend(model_cfg: dict, generation: dict) -> str:
+    """The backend that runs a model: its own ``backend:``, else ``generation.backend``."""
+    return model_cfg.get("backend") or generation["backend"]
+
+
+def check_cluster(config: dict) -> None:
+    """Refuse, before any job, a model that its backend or device cannot run as configured."""
+    problems = []
+    for name, m in config["models"].items():
+        gpus = int(m.get("gpus") or 0)
+        if gpus > 1 and model_backend(m, config["generation"]) == "transformers":
+            # the engine indexes its KV cache with index tensors on one device; layers spread over several GPUs
+            # (device_map="auto") would keep their caches on others
+            problems.append(
+                f"config key `models.{name}.gpus`: {gpus} GPUs need the vLLM backend (tensor_parallel_size = gpus); "
+                f"the transformers engine runs on one GPU. Set `models.{name}.backend: vllm`, or gpus: 1")
+        if gpus < 1 and model_backend(m, config["generation"]) == "vllm":
+            problems.append(f"config key `models.{name}.gpus`: 0, but the vLLM backend runs on GPUs only; "
+                            f"set gpus: 1 or more, or `models.{name}.backend: transformers`")
+        if gpus >= 1 and config["generation"]["device"] == "cpu":
+            problems.append(f"config key `generation.device`: 'cpu' while model {name!r} asks for {gpus} GPU(s); "
+                            "set device: cuda (or auto), or gpus: 0 for this model")
+    if problems:
+        raise ConfigError("\n  - ".join(["the cluster settings cannot run:"] + problems))
+
+
+def _account(cluster: dict) -> dict:
+    return {"slurm_account": cluster["slurm_account"]} if cluster.get("slurm_account") else {}
+
+
+def cpu_resources(config: dict) -> dict:
+    """Slurm resources every CPU job shares (partition and account), from the config's ``cluster:`` section."""
+    cluster = config["cluster"]
+    return {"slurm_partition": cluster["cpu_partition"], **_account(cluster)}
+
+
 def model_resources(config: dict) -> dict:
-    """Snakemake ``resources:`` of a generation job, taken from the model's entry (GPU, memory, time)."""
+    """Snakemake ``resources:`` of a generation job, taken from the model's entry and ``cluster:``.
+
+    The names are those snakemake-executor-plugin-slurm reads: ``gpu`` (``--gpus=N``), ``gpu_model``
+    (``--gpus=<model>:N``), ``constraint`` (``-C``), ``cpus_per_task``, ``slurm_partition``, ``slurm_account``,
+    ``mem_mb``, ``runtime``. A resource that evaluates to None is left out (Snakemake drops it), so a job without
+    a GPU type sends no ``-C``/``--gpus=<model>:N`` at all.
+    """
     models, cluster = config["models"], config["cluster"]
     max_minutes = int(60 * float(config["generation"]["max_job_hours"]))
 
@@ -58,8 +100,21 @@ def model_resources(config: dict) -> dict:
         "mem_mb": get("mem_mb"),
         "runtime": lambda wc: min(models[wc.model].get("runtime_min", max_minutes), max_minutes),
         "gpu": get("gpus"),
+        "constraint": lambda wc: gpu_type(config, wc.model, "gpu_constraint"),
+        "gpu_model": lambda wc: gpu_type(config, wc.model, "gpu_model"),
         "slurm_partition": partition,
+        # the job's threads, as the CPUs Slurm grants it (the plugin's default; stated so no profile overrides it)
+        "cpus_per_task": lambda wc, threads: threads,
+        **_account(cluster),
     }
+
+
+def gpu_type(config: dict, name: str, key: str) -> str | None:
+    """The model's ``gpu_constraint``/``gpu_model``, else the cluster's; None for a CPU job or where none is set."""
+    m = config["models"][name]
+    if not m.get("gpus"):
+        return None
+    return m.get(key) or config["cluster"].get(key) or None
 
 
 def _defaults_validator(schema: dict):
@@ -147,14 +202,49 @@ def check_mirror(config: dict, sources: dict) -> None:
             raise ConfigError(f"not in the data mirror {mirror}: {', '.join(map(str, missing))}.{task.mirror_hint(root)}")
 
 
-def gated_without_token(config: dict) -> list[str]:
-    """Gated models configured while no Hugging Face token is available to this process."""
-    import os
-    from pathlib import Path
+def gated_without_access(config: dict, check=None) -> tuple[dict[str, str], list[str]]:
+    """The gated hub models this process cannot read, each with the reason, and warnings for checks not made.
 
-    if os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN"):
-        return []
-    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
-    if (home / "token").is_file():
-        return []
-    return [name for name, m in config["models"].items() if m.get("gated")]
+    Only models marked ``gated: true`` are checked, one hub request each (``check(repo)``, by default
+    huggingface_hub's ``auth_check`` with the token the hub client finds: HF_TOKEN or ``huggingface-cli login``), so
+    a token is judged by what the hub says of it, not by being non-empty. With HF_HUB_OFFLINE=1, or where the hub
+    cannot be reached, nothing is checked: a warning says so, and the weights rule checks the cache instead.
+    """
+    import os
+
+    gated = {name: m["path"] for name, m in config["models"].items() if m.get("gated")}
+    if not gated:
+        return {}, []
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return {}, [f"HF_HUB_OFFLINE is set: access to the gated models {sorted(gated)} is not checked; "
+                    "their weights must already be in the hf_cache"]
+    if check is None:
+        from huggingface_hub import auth_check as check
+    denied, warnings = {}, []
+    for name, repo in gated.items():
+        try:
+            check(repo)
+        except Exception as err:  # noqa: BLE001 - sorted below: the hub's answer, or no answer at all
+            reason = _access_denied(err)
+            if reason is None:
+                warnings.append(f"could not check access to gated model {name!r} ({repo}): "
+                                f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            else:
+                denied[name] = f"{repo}: {reason}"
+    return denied, warnings
+
+
+def _access_denied(err: Exception) -> str | None:
+    """Why the hub refused (no token, no access granted, no such repo), or None when it did not answer."""
+    try:
+        from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    except ImportError:  # an older hub client
+        from huggingface_hub.utils import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    if isinstance(err, GatedRepoError):
+        return "gated, and this token (or no token) has not been granted access"
+    if isinstance(err, RepositoryNotFoundError):
+        return "not found, or private to this token"
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    if isinstance(err, HfHubHTTPError) and status in (401, 403):
+        return f"refused (HTTP {status}): the token is invalid or lacks read access"
+    return None

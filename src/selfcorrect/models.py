@@ -102,21 +102,54 @@ def _source(spec: ModelSpec, local_dir) -> tuple[str, dict]:
     return src, kwargs
 
 
+def check_device(spec: ModelSpec, requested: str) -> str:
+    """The torch device a generation job of ``spec`` runs on, checked before anything loads.
+
+    A model that asks for GPUs (``gpus >= 1``) gets CUDA or an error that names the torch build, never a silent
+    CPU run: ``device: auto`` falls back to CPU only for models that ask for none.
+    """
+    import torch
+
+    gpus = int(spec.extra.get("gpus") or 0)
+    if gpus < 1:
+        return ("cuda" if torch.cuda.is_available() else "cpu") if requested == "auto" else requested
+    if requested == "cpu":
+        raise ModelLoadError(f"model {spec.name!r} asks for {gpus} GPU(s) but generation.device is 'cpu'; "
+                             "set device: cuda (or auto), or gpus: 0 for this model")
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+        raise ModelLoadError(
+            f"model {spec.name!r} asks for {gpus} GPU(s) but CUDA is not visible to torch {torch.__version__} "
+            f"({build}; CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). Run generation "
+            "on a GPU node (cluster.gpu_partition) with a CUDA build of torch: envs/generate.yaml pins one "
+            "(`--sdm conda`); or set gpus: 0 to run this model on CPU")
+    if torch.cuda.device_count() < gpus:
+        raise ModelLoadError(f"model {spec.name!r} asks for {gpus} GPUs but {torch.cuda.device_count()} are visible "
+                             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): the job "
+                             "must be granted all of them (`gpu` resource, --gpus)")
+    return "cuda" if requested == "auto" else requested
+
+
 def load_model(spec: ModelSpec, device: str, local_dir: str | os.PathLike | None = None):
-    """(model, tokenizer) in eval mode on ``device``; any failure is a :class:`ModelLoadError`."""
+    """(model, tokenizer) in eval mode on ``device``; any failure is a :class:`ModelLoadError`.
+
+    One device only: the engine indexes its KV cache with index tensors on one device, so a model spread over
+    several GPUs (``device_map="auto"``) would gather rows from caches on the wrong one. Larger models run on vLLM.
+    """
     from transformers import AutoModelForCausalLM
 
+    gpus = int(spec.extra.get("gpus") or 0)
+    if gpus > 1:
+        raise ModelLoadError(
+            f"model {spec.name!r} asks for {gpus} GPUs, but the transformers engine runs on one: set "
+            f"`models.{spec.name}.backend: vllm` (tensor_parallel_size = gpus, envs/vllm.yaml), or gpus: 1")
     tok = load_tokenizer(spec, local_dir)
     src, kwargs = _source(spec, local_dir)
-    shard = device.startswith("cuda") and int(spec.extra.get("gpus", 1) or 1) > 1
-    if shard:  # larger than one GPU: let accelerate spread the layers over all visible GPUs
-        kwargs["device_map"] = "auto"
     try:
         model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype(spec.dtype, device), **kwargs)
     except Exception as err:
         raise ModelLoadError(f"cannot load model {spec.name!r} from {src!r}: {err}.{_hint(spec, err)}") from err
-    if not shard:
-        model.to(device)
+    model.to(device)
     return model.eval(), tok
 
 

@@ -45,33 +45,71 @@ def prepare_model(name: str, model_cfg: dict, out_dir: str) -> None:
     materialize(ModelSpec.from_config(name, model_cfg), out_dir)
 
 
-def load_backend(spec: ModelSpec, generation: dict, seed: int, local_model_dir: str | None):
-    """(backend, tokenizer, device, model or None) for ``spec``; loading fails here, with the model named."""
-    from .engine import Engine, pick_device
+def weights(name: str, model_cfg: dict, cache_dir: str, out: str) -> None:
+    """Download one hub model's files once, into the shared HF cache, and record the commit they are at.
 
-    if generation["backend"] == "vllm":
+    With HF_HUB_OFFLINE=1 only the cache is read. Generation jobs load the recorded snapshot directory offline.
+    """
+    from .models import ModelLoadError, _hint
+    from .revisions import fetch_weights, offline
+
+    spec = ModelSpec.from_config(name, model_cfg)
+    try:
+        record = fetch_weights(spec.path, spec.revision, cache_dir, spec.trust_remote_code)
+    except Exception as err:  # hub errors, missing cache entries, disk full: all mean "no weights"
+        where = (f"not in the hf_cache {cache_dir} (HF_HUB_OFFLINE is set: download it where the hub is reachable, "
+                 f"e.g. `huggingface-cli download {spec.path} --cache-dir {cache_dir}`)" if offline() else
+                 f"could not be downloaded into the hf_cache {cache_dir}")
+        raise ModelLoadError(f"model {name!r} ({spec.path}, revision {spec.revision or 'main'}) {where}: "
+                             f"{type(err).__name__}: {err}.{_hint(spec, err)}") from err
+    log.info("model %s: %s at commit %s in %s (%d files)", name, spec.path, record["commit"], record["snapshot"],
+             len(record["files"]))
+    write_json({"model": name, **record}, out)
+
+
+def load_backend(spec: ModelSpec, generation: dict, seed: int, local_model_dir: str | None,
+                 backend: str | None = None):
+    """(backend, tokenizer, device, model or None) for ``spec``; loading fails here, with the model named.
+
+    ``backend`` is the model's own choice (``models.<name>.backend``), else ``generation.backend``. A model that asks
+    for GPUs fails here, before loading, when CUDA is not visible (:func:`models.check_device`).
+    """
+    from .engine import Engine
+    from .models import check_device
+
+    gpus = int(spec.extra.get("gpus") or 0)
+    device = check_device(spec, generation["device"])
+    if (backend or generation["backend"]) == "vllm":
         from .engine import load_vllm
 
-        backend = load_vllm(spec, local_model_dir, seed, gpus=int(spec.extra.get("gpus", 1) or 1))
-        return backend, backend.tokenizer, "cuda", None
-    device = pick_device(generation["device"])
-    model, tok = load_model(spec, device, local_model_dir)
-    backend = Engine(model, tok, device, batch_size=int(generation["batch_size"]),
-                     prefix_tree_prefill=bool(generation["prefix_tree_prefill"]),
-                     carry_kv_between_rounds=bool(generation["carry_kv_between_rounds"]))
-    return backend, tok, device, model
+        vllm = load_vllm(spec, local_model_dir, seed, gpus=max(1, gpus))
+        return vllm, vllm.tokenizer, device, None
+    model, tok = load_model(spec, device, local_model_dir)  # refuses gpus > 1: the engine runs on one device
+    engine = Engine(model, tok, device, batch_size=int(generation["batch_size"]),
+                    prefix_tree_prefill=bool(generation["prefix_tree_prefill"]),
+                    carry_kv_between_rounds=bool(generation["carry_kv_between_rounds"]))
+    return engine, tok, device, model
+
+
+def loaded_weights(weights_record: str | None) -> dict:
+    """The weights rule's record (snapshot directory and commit) of a hub model; {} for other models."""
+    return json.loads(Path(weights_record).read_text()) if weights_record else {}
 
 
 def generate(
     name: str, model_cfg: dict, benchmark: str, condition: str, samples: str, study: dict, out: str, meta_out: str,
-    shard_dir: str, local_model_dir: str | None = None, threads: int = 1,
+    shard_dir: str, local_model_dir: str | None = None, threads: int = 1, weights_record: str | None = None,
 ) -> None:
     """One (model, benchmark, condition) job: all rounds, sharded and resumable, one table out.
 
-    ``study`` holds the config keys generation depends on: rounds, answer_modes, generation, seed.
+    ``study`` holds the config keys generation depends on: rounds, answer_modes, generation, seed. A hub model
+    loads from the snapshot its ``weights_record`` names, offline, and its rows and shard key carry that commit.
     """
+    import os
+
     import torch
 
+    from .config_checks import model_backend
     from .formats import render, system_prompt_used
 
     t0 = time.perf_counter()
@@ -79,13 +117,20 @@ def generate(
     torch.manual_seed(study["seed"])
     gcfg = study["generation"]
     spec = ModelSpec.from_config(name, model_cfg)
+    backend_name = model_backend(model_cfg, gcfg)
+    loaded = loaded_weights(weights_record)
+    if loaded:
+        # the weights rule fetched them: a job never reaches for the hub (20 jobs per model would download them 20 times)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        local_model_dir = loaded["snapshot"]
+    revision = loaded.get("commit") or spec.revision
     task, registry, settings = get_task(benchmark), Registry.load(), Settings.from_config(study)
     examples = pd.read_parquet(samples)
-    backend, tok, device, model = load_backend(spec, gcfg, study["seed"], local_model_dir)
+    backend, tok, device, model = load_backend(spec, gcfg, study["seed"], local_model_dir, backend_name)
     fmt = prompt_format(spec, tok)
     dialogue = registry.data["dialogue"]
     backend.stop_strings = (dialogue["separator"] + dialogue["human"],) if fmt == "base" else ()
-    info = JobInfo(name, spec.revision, gcfg["backend"], fmt, device, benchmark, condition)
+    info = JobInfo(name, revision, backend_name, fmt, device, benchmark, condition)
     key = job_key(task.item_ids(examples), settings, info, registry.job_texts_hash(condition, benchmark))
     job = Job(task, condition, registry, lambda c: render(c, fmt, dialogue, tok, spec.system_prompt), settings)
 
@@ -93,8 +138,9 @@ def generate(
                                  lambda chunk: run_rounds(backend, job, chunk)), info)
     write_parquet(table, out)
     write_json({
-        "model": name, "path": spec.path, "revision": spec.revision, "backend": gcfg["backend"], "device": device,
-        "resolved_revision": getattr(getattr(model, "config", None), "_commit_hash", None),
+        "model": name, "path": spec.path, "revision": spec.revision, "backend": backend_name, "device": device,
+        # the commit the weights rule fetched and this job loaded (the rows and the shard key carry it too)
+        "resolved_revision": revision if loaded else getattr(getattr(model, "config", None), "_commit_hash", None),
         "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or platform.machine(),
         "dtype": str(model.dtype) if model is not None else spec.dtype, "prompt_format": fmt, "benchmark": benchmark,
         "condition": condition, "rounds": settings.rounds, "answer_modes": list(settings.answer_modes),
