@@ -114,8 +114,14 @@ def methods_text(config: dict, metas: list[dict], data_files: list[str], sources
               f"  generation: {json.dumps(config.get('generation', {}), sort_keys=True)}",
               "", "Models"]
     system = {m["model"]: m.get("system_prompt_used") for m in metas if "system_prompt_used" in m}
+    loaded = {}
+    for meta in metas:
+        loaded.setdefault(meta["model"], set()).add(str(meta.get("resolved_revision") or ""))
     for name, m in config["models"].items():
+        commits = sorted(c for c in loaded.get(name, ()) if c)
         lines.append(f"  {name}: {m['path']} revision={m.get('revision') or 'unpinned'}"
+                     + (f", loaded: {', '.join(commits)}" if commits else "")
+                     + (" (WARNING: jobs loaded different commits)" if len(commits) > 1 else "")
                      + (f" gguf={m['gguf_file']}" if m.get("gguf_file") else ""))
         if name in system:
             lines.append(f"    system text the model reads: {system[name]!r}" if system[name] else
