@@ -189,6 +189,7 @@ def test_a_models_own_backend_loads_vllm_with_tensor_parallelism_over_its_gpus(m
     assert device == "cuda" and model is None and tok == "tokenizer" and backend.batch_size == 0
     (kwargs,) = FakeLLM.built
     assert kwargs["tensor_parallel_size"] == 4 and kwargs["enable_prefix_caching"] is True
+    assert kwargs["max_logprobs"] == -1  # option scores ask for the whole next-token distribution
     assert kwargs["model"] == kwargs["tokenizer"] == str(snapshot) and kwargs["revision"] is None  # the local snapshot
     assert kwargs["dtype"] == "bfloat16" and kwargs["seed"] == 1234
 

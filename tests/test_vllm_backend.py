@@ -30,6 +30,7 @@ class Params:  # the fields of vllm.SamplingParams the adapter sets
     max_tokens: int
     skip_special_tokens: bool = True
     prompt_logprobs: int | None = None
+    logprobs: int | None = None
 
 
 class FakeLLM:
@@ -43,6 +44,14 @@ class FakeLLM:
         for p in prompts:
             ids = torch.tensor([p["prompt_token_ids"]])
             with torch.inference_mode():
+                if params.logprobs is not None:
+                    # vLLM: logprobs=-1 returns the whole vocabulary's log-probabilities at each generated position
+                    assert params.logprobs == -1 and params.max_tokens == 1 and params.prompt_logprobs is None
+                    logp = self.model(ids).logits[0, -1].float().log_softmax(-1)
+                    dist = {t: SimpleNamespace(logprob=float(v)) for t, v in enumerate(logp.tolist())}
+                    out.append(SimpleNamespace(prompt_logprobs=None, outputs=[
+                        SimpleNamespace(text="", logprobs=[dist], finish_reason="length")]))
+                    continue
                 if params.prompt_logprobs is not None:
                     logp = self.model(ids).logits[0].float().log_softmax(-1)
                     plp = [None] + [{int(ids[0, t]): SimpleNamespace(logprob=float(logp[t - 1, ids[0, t]]))}
@@ -74,8 +83,27 @@ def test_vllm_adapter_gives_the_engines_answers_and_option_scores(loaded):
     assert texts == want_texts
     for got, want in zip(scores, want_scores):
         assert got == pytest.approx(want, abs=1e-4)
-    # one greedy request per prompt, one prompt-logprob request per option
-    assert [c.max_tokens for c in fake.calls] == [6, 1] and fake.calls[1].prompt_logprobs == 0
+    # one greedy request per prompt; options that differ only in their last token are read off next-token
+    # distributions (ordinary requests that reuse the cached prompt), never off prompt log-probabilities
+    from selfcorrect.engine.plan import last_token_differs
+
+    shapes = [last_token_differs(tok(o, add_special_tokens=False)["input_ids"]) for o in OPTIONS]
+    assert shapes[0]  # " (a"/" (b"/" (c" share all but their last token
+    assert [c.max_tokens for c in fake.calls] == [6, 1] + ([1] if not all(shapes) else [])
+    assert fake.calls[1].logprobs == -1 and fake.calls[1].prompt_logprobs is None
+    assert all(c.prompt_logprobs == 0 and c.logprobs is None for c in fake.calls[2:])  # the other shapes, per option
+
+
+def test_vllm_adapter_scores_options_of_other_shapes_one_request_each(loaded):
+    model, tok = loaded
+    engine = Engine(model, tok, "cpu", batch_size=2, progress=False)
+    fake = FakeLLM(model, tok)
+    adapter = VLLMEngine(fake, tok, progress=False, sampling_params=Params)
+    options = [[" (a) The grandfather", " (b)", " (c) Can't be determined"]] * len(PROMPTS)
+    _, scores = adapter.answer(PROMPTS, None, options)
+    for got, want in zip(scores, engine.answer(PROMPTS, None, options)[1]):
+        assert got == pytest.approx(want, abs=1e-4)
+    assert len(fake.calls) == 1 and fake.calls[0].prompt_logprobs == 0 and fake.calls[0].logprobs is None
 
 
 def test_vllm_adapter_cuts_at_the_base_format_stop_string(loaded):

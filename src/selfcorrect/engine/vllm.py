@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ..models import ModelLoadError, ModelSpec, _hint, _source
 from .backend import stopped_text
+from .plan import last_token_differs
 
 
 @dataclass
@@ -55,16 +56,37 @@ class VLLMEngine:
         return texts, (self._option_scores(p_ids, options) if options else None)
 
     def _option_scores(self, p_ids: list[list[int]], options: list[list[str]]) -> list[list[float]]:
-        """log P(option | prompt) from the prompt log-probabilities of prompt + option (one request per option;
-        the prompt's KV cache is shared between them by prefix caching)."""
+        """log P(option | prompt) per option.
+
+        vLLM skips prefix-cache reads for a request that asks for prompt log-probabilities, so scoring each option
+        as prompt + option with ``prompt_logprobs`` would prefill the whole prompt once per option. Where the options
+        share all tokens but their last (" (a"/" (b"/" (c", " she"/" he"/" they"), they are scored instead from the
+        next-token distribution (``logprobs=-1``: the whole vocabulary) after the prompt and after each shared token:
+        ordinary generation requests, which read and extend the prompt's cached prefix, one new token each.
+        Options of other shapes fall back to one ``prompt_logprobs`` request per option.
+        """
         o_ids = [self.tokenizer(list(o), add_special_tokens=False)["input_ids"] for o in options]
-        requests = [(i, k, ids + o) for i, (ids, opts) in enumerate(zip(p_ids, o_ids)) for k, o in enumerate(opts)]
-        outs = self._run([seq for _, _, seq in requests], self._params(max_tokens=1, prompt_logprobs=0))
         scores = [[math.nan] * len(o) for o in o_ids]
-        for (i, k, seq), out in zip(requests, outs):
-            first = len(seq) - len(o_ids[i][k])
-            # prompt_logprobs[t] maps the prompt's token t (and the top alternatives) to log P(token t | tokens < t)
-            scores[i][k] = sum(out.prompt_logprobs[t][seq[t]].logprob for t in range(first, len(seq)))
+        shared = [i for i, o in enumerate(o_ids) if last_token_differs(o)]
+        if shared:
+            # request j of example i: the prompt and the first j shared tokens; it scores shared token j (or, after
+            # all of them, every option's last token)
+            steps = [(i, j) for i in shared for j in range(len(o_ids[i][0]))]
+            outs = self._run([p_ids[i] + o_ids[i][0][:j] for i, j in steps], self._params(max_tokens=1, logprobs=-1))
+            for (i, j), out in zip(steps, outs):
+                dist = out.outputs[0].logprobs[0]  # token id -> Logprob at the first generated position
+                for k, option in enumerate(o_ids[i]):
+                    # before the last step option[j] is the token all options share; at it, each option's own
+                    step = dist[option[j]].logprob
+                    scores[i][k] = step if j == 0 else scores[i][k] + step
+        rest = [i for i in range(len(o_ids)) if i not in set(shared)]
+        requests = [(i, k, p_ids[i] + o) for i in rest for k, o in enumerate(o_ids[i])]
+        if requests:
+            outs = self._run([seq for _, _, seq in requests], self._params(max_tokens=1, prompt_logprobs=0))
+            for (i, k, seq), out in zip(requests, outs):
+                first = len(seq) - len(o_ids[i][k])
+                # prompt_logprobs[t] maps the prompt's token t (and the top alternatives) to log P(token t | tokens < t)
+                scores[i][k] = sum(out.prompt_logprobs[t][seq[t]].logprob for t in range(first, len(seq)))
         return scores
 
 
@@ -83,7 +105,10 @@ def load_vllm(spec: ModelSpec, local_dir: str | None, seed: int, gpus: int = 1, 
     try:
         llm = LLM(model=src, tokenizer=src, revision=kwargs.get("revision"), dtype=spec.dtype,
                   trust_remote_code=spec.trust_remote_code, tensor_parallel_size=max(1, gpus),
-                  enable_prefix_caching=True, seed=seed)
+                  enable_prefix_caching=True, seed=seed,
+                  # option scores read the whole next-token distribution (SamplingParams(logprobs=-1)), which vLLM
+                  # refuses above max_logprobs (default 20); -1 lifts the cap
+                  max_logprobs=-1)
     except Exception as err:
         raise ModelLoadError(f"cannot load model {spec.name!r} from {src!r} with vLLM: {err}.{_hint(spec, err)}") from err
     return VLLMEngine(llm, llm.get_tokenizer(), stop_strings=stop_strings)
