@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from selfcorrect import bbq, data
+from selfcorrect import bbq, bbq_intersectional, data
 from selfcorrect.predictions import score_prediction_files
 
 FIELDS = {f: f"unifiedqa-t5-11b_pred_{f}" for f in ("race", "arc", "qonly")}
@@ -175,15 +175,15 @@ def _x_case(category, tags, texts, answers, race, var2, polarity="neg", proper=N
 
 def test_parts_of_an_intersectional_tag():
     # Race_x_SES: SES = characters 1-6 ("highSE" read as highSES), race = character 8 on, M-/F-/- removed
-    assert bbq.race_x_ses_parts("highSES-F-Black") == ("highSES", "Black")
-    assert bbq.race_x_ses_parts("lowSES-M-Latino") == ("lowSES", "Latino")
-    assert bbq.race_x_ses_parts("lowSES-African American") == ("lowSES", "African American")
-    assert bbq.race_x_ses_parts("unknown") == ("unknown", "unknown")
+    assert bbq_intersectional.race_x_ses_parts("highSES-F-Black") == ("highSES", "Black")
+    assert bbq_intersectional.race_x_ses_parts("lowSES-M-Latino") == ("lowSES", "Latino")
+    assert bbq_intersectional.race_x_ses_parts("lowSES-African American") == ("lowSES", "African American")
+    assert bbq_intersectional.race_x_ses_parts("unknown") == ("unknown", "unknown")
     # Race_x_gender: gender = character 1, race = character 3 on; " man"/" woman" in the label text win
-    assert bbq.race_x_gender_parts("M-Black", "Black man", "The Black man") == ("M", "Black")
-    assert bbq.race_x_gender_parts("F-Asian", "Asian man", "The Asian man") == ("M", "Asian")
-    assert bbq.race_x_gender_parts("", "", "The Latina woman") == ("F", "Latino")
-    assert bbq.race_x_gender_parts("unknown", "Not known", "Not known") == ("unknown", "unknown")
+    assert bbq_intersectional.race_x_gender_parts("M-Black", "Black man", "The Black man") == ("M", "Black")
+    assert bbq_intersectional.race_x_gender_parts("F-Asian", "Asian man", "The Asian man") == ("M", "Asian")
+    assert bbq_intersectional.race_x_gender_parts("", "", "The Latina woman") == ("F", "Latino")
+    assert bbq_intersectional.race_x_gender_parts("unknown", "Not known", "Not known") == ("unknown", "unknown")
 
 
 def test_intersectional_target_keeps_the_r_scripts_na():
