@@ -17,6 +17,7 @@ from selfcorrect.config_checks import (  # noqa: E402
     check_mirror,
     check_schema,
     check_study,
+    coerce_config,
     gated_without_token,
     model_resources,
 )
@@ -24,6 +25,8 @@ from selfcorrect.data import load_sources  # noqa: E402
 from selfcorrect.tasks import get_task  # noqa: E402
 
 SCHEMA = Path(workflow.basedir) / "config" / "config.schema.yaml"
+# --config hands nested values over as strings ('generation={batch_size: 8}' gives '8'): read them as YAML first
+config.update(coerce_config(config, SCHEMA))
 check_schema(config, SCHEMA)  # one line per problem: key, bad value, what is allowed
 validate(config, str(SCHEMA))  # snakemake's own check; fills in the schema's `default:` entries
 REGISTRY = Registry.load()

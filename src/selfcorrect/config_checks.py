@@ -100,6 +100,65 @@ def load_config(path=DEFAULT_CONFIG) -> dict:
         return with_defaults(yaml.safe_load(fh) or {})
 
 
+# YAML 1.1's spellings of null, as a config file would read them
+_YAML_NULLS = ("null", "Null", "NULL", "~")
+
+
+def _schema_types(schema: dict) -> set[str]:
+    """The JSON types a schema node allows (from ``type``, or from an ``enum``'s values); empty: unknown."""
+    declared = schema.get("type")
+    if declared is not None:
+        return {declared} if isinstance(declared, str) else set(declared)
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
+    return {names.get(type(v), "object") for v in schema.get("enum", ())}
+
+
+def _from_text(text: str, schema: dict):
+    types = _schema_types(schema)
+    if not types:
+        return text
+    if "string" in types:
+        # `--config data_mirror=null` means null, as `data_mirror: null` does in a file
+        return None if "null" in types and text in _YAML_NULLS else text
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text  # left for the schema check to name
+    return coerce_overrides(value, schema) if isinstance(value, (dict, list)) else value
+
+
+def coerce_overrides(value, schema: dict):
+    """``value`` with each string read as YAML where ``schema`` wants no string there.
+
+    Snakemake reads a ``--config`` value with int, float, "True"/"False", then YAML's BaseLoader, which keeps every
+    scalar inside a mapping or list a string: ``--config 'generation={batch_size: 8}'`` arrives as
+    ``{'batch_size': '8'}`` and ``sample_per_cell=null`` as ``'null'``. Read here as a config file would read them,
+    they validate; a string the schema does want (a path, a revision) is kept as typed, except a YAML null where
+    null is also allowed.
+    """
+    if isinstance(value, str):
+        return _from_text(value, schema)
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        extra = extra if isinstance(extra, dict) else {}
+        return {k: coerce_overrides(v, props.get(k, extra)) for k, v in value.items()}
+    if isinstance(value, list):
+        items = schema.get("items")
+        return [coerce_overrides(v, items if isinstance(items, dict) else {}) for v in value]
+    return value
+
+
+def coerce_config(config: dict, schema_path=SCHEMA_FILE) -> dict:
+    """:func:`coerce_overrides` of a whole config against the schema file (Snakemake's ``--config`` strings)."""
+    import yaml
+
+    with open(schema_path) as fh:
+        return coerce_overrides(config, yaml.safe_load(fh))
+
+
 def check_schema(config: dict, schema_path) -> None:
     """Validate ``config`` against the JSON schema with one short message per problem: key, value, what is allowed."""
     import jsonschema
