@@ -30,7 +30,14 @@ def download(benchmark: str, path: str, dest: str, mirror: str | None) -> None:
     data.fetch(data.source_file(benchmark, path), dest, mirror, hint=get_task(benchmark).mirror_hint(mirror))
 
 
-def prepare(benchmark: str, files: list[str], out: str) -> None:
+def prepare(benchmark: str, files: list[str], out: str, pinned: dict | None = None) -> None:
+    """The benchmark's typed table from its fetched files.
+
+    ``pinned``: config/sources.yaml's entries; each file is checked against its pinned sha256 before it is read
+    (the workflow passes them). None reads the files as given, e.g. rows a test builds from the templates.
+    """
+    if pinned is not None:
+        data.verify_pinned(benchmark, files, pinned)
     write_parquet(get_task(benchmark).load([Path(f) for f in files]), out)
 
 
