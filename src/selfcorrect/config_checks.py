@@ -28,18 +28,14 @@ def check_study(config: dict, registry: Registry) -> None:
 
 
 def check_model_source(name: str, m: dict) -> None:
-    """Catch what can be caught without loading: a missing local directory or PyPI-shipped model."""
-    from pathlib import Path
-
+    """Catch what can be caught without loading: a missing local directory, GGUF file or PyPI-shipped model."""
     from .models import ModelLoadError, ModelSpec, resolve_path
 
-    path = str(m["path"])
     try:
         resolve_path(ModelSpec.from_config(name, m))
     except ModelLoadError as err:
-        raise ConfigError(f"config key `models.{name}.path`: {err}") from None
-    if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().exists():
-        raise ConfigError(f"config key `models.{name}.path`: local model directory {path!r} does not exist")
+        key = "gguf_file" if "gguf_file" in str(err) else "path"
+        raise ConfigError(f"config key `models.{name}.{key}`: {err}") from None
 
 
 def model_resources(config: dict) -> dict:
