@@ -150,3 +150,53 @@ def test_the_workflow_stops_at_start_up_on_a_relative_model_path(tmp_path):
     assert proc.returncode != 0
     assert "config key `models.smol.path`: model 'smol': local model directory 'models/smol' does not exist" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+# ---------------------------------------------------------------- item 6: editing one condition reruns only its jobs
+
+from test_workflow import workflow_run  # noqa: E402,F401  (the tiny end-to-end run, reused as the finished run)
+
+
+def copy_project(dest: Path) -> Path:
+    for name in ("rules", "scripts", "config", "src"):
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(ROOT / name, dest / name)
+    return dest
+
+
+def planned_jobs(dry_run_output: str) -> list[tuple[str, dict]]:
+    """(rule, wildcards) of each job a dry-run plans."""
+    jobs = []
+    for block in dry_run_output.split("\n\n"):
+        lines = block.strip().splitlines()
+        head = next((ln for ln in lines if ln.startswith(("rule ", "localrule "))), None)
+        if head is None:
+            continue
+        wildcards = next((ln.split(":", 1)[1] for ln in lines if ln.strip().startswith("wildcards:")), "")
+        pairs = dict(p.strip().split("=", 1) for p in wildcards.split(",") if "=" in p)
+        jobs.append((head.split()[1].rstrip(":"), pairs))
+    return jobs
+
+
+@pytest.mark.slow
+def test_editing_one_condition_plans_only_its_generation_jobs(workflow_run, tmp_path):
+    work, configfile = workflow_run
+    project = copy_project(tmp_path / "project")
+    conditions = project / "config" / "conditions.yaml"
+    registry = yaml.safe_load(conditions.read_text())
+    # `instruction` changes for both its benchmarks, `unethical` for BBQ only; `instruction_cot` keeps the
+    # wording `instruction` had, and must not rerun either
+    registry["conditions"]["instruction"]["instruction"] = {
+        b: text + " Take your time." for b, text in registry["conditions"]["instruction"]["instruction"].items()}
+    registry["conditions"]["unethical"]["instruction"]["bbq"] += " Really."
+    conditions.write_text(yaml.safe_dump(registry, sort_keys=False))
+    proc = subprocess.run(SNAKEMAKE + ["-n", "--snakefile", str(project / "Snakefile"), "--directory", str(work),
+                                       "--configfile", str(configfile), "--cores", "1", "report/paper_figures.pdf"],
+                          capture_output=True, text=True, timeout=600, env=os.environ | {"SELFCORRECT_ROOT": str(project)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout)
+    generate = sorted((w["benchmark"], w["condition"]) for rule, w in jobs if rule == "generate")
+    assert generate == [("bbq", "instruction"), ("bbq", "unethical"), ("winogender", "instruction")], proc.stdout[-4000:]
+    # nothing upstream of generation reruns; downstream, only what reads the new tables
+    assert not {rule for rule, _ in jobs} & {"download", "prepare", "sample", "prepare_model"}
