@@ -12,6 +12,12 @@ sys.path.insert(0, SRC)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
 os.environ.setdefault("SELFCORRECT_ROOT", workflow.basedir)
 
+import selfcorrect  # noqa: E402
+
+# bit-identical CPU results (Intel MKL's Conditional Numerical Reproducibility), read when MKL first runs: every
+# job inherits it from here, whatever it imports first (see selfcorrect/__init__.py)
+os.environ.setdefault("MKL_CBWR", selfcorrect.MKL_CBWR)
+
 from selfcorrect.conditions import Registry  # noqa: E402
 from selfcorrect.config_checks import (  # noqa: E402
     check_mirror,

@@ -200,3 +200,136 @@ def test_editing_one_condition_plans_only_its_generation_jobs(workflow_run, tmp_
     assert generate == [("bbq", "instruction"), ("bbq", "unethical"), ("winogender", "instruction")], proc.stdout[-4000:]
     # nothing upstream of generation reruns; downstream, only what reads the new tables
     assert not {rule for rule, _ in jobs} & {"download", "prepare", "sample", "prepare_model"}
+
+
+# ---------------------------------------------------------------- item 1: same inputs, same bytes on CPU
+
+# Run in a fresh process without MKL_CBWR in its environment, so that only the library's own default applies
+ALIGNMENT_SWEEP = """
+import hashlib, itertools, sys
+import selfcorrect  # first, as a job imports it
+import torch
+
+torch.set_num_threads(2)
+g = torch.Generator().manual_seed(0)
+distinct = {}
+# the tiny model's layer shapes, and one row (a decoding step) or a few
+for m, (k, n) in itertools.product([1, 6], [(32, 32), (32, 64), (64, 32), (32, 600)]):
+    a, w = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g)
+    outs = set()
+    for shift in range(16):  # the same values 0..60 bytes further into memory
+        a_at = torch.empty(m * k + 16)[shift:shift + m * k].view(m, k)
+        w_at = torch.empty(n * k + 16)[(7 * shift) % 16:(7 * shift) % 16 + n * k].view(n, k)
+        a_at.copy_(a), w_at.copy_(w)
+        outs.add(hashlib.sha256(torch.nn.functional.linear(a_at, w_at).numpy().tobytes()).hexdigest())
+    distinct[f"{m}x{k}->{n}"] = len(outs)
+print(distinct)
+"""
+
+TINY_JOB = """
+import hashlib, json, sys
+import selfcorrect  # first, as a job imports it
+import numpy as np, pandas as pd
+import torch
+from selfcorrect import pipeline
+from selfcorrect.models import ModelSpec, load_model
+
+model_dir, samples, out = sys.argv[1:4]
+model, _ = load_model(ModelSpec(name="tiny", path=model_dir), "cpu")
+study = {"rounds": 2, "answer_modes": ["generate", "logprob"], "seed": 0,
+         "generation": {"backend": "transformers", "device": "cpu", "batch_size": 1, "max_new_tokens": 6,
+                        "cot_max_new_tokens": 8, "shard_size": 64, "carry_kv_between_rounds": True,
+                        "prefix_tree_prefill": True, "max_job_hours": 1}}
+pipeline.generate("tiny", {"path": model_dir, "format": "chat"}, "bbq", "instruction", samples, study,
+                  out + "/t.parquet", out + "/m.json", out + "/shards", threads=2)
+t = pd.read_parquet(out + "/t.parquet")
+logprobs = np.concatenate([np.asarray(x, dtype=np.float64) for x in t["option_logprobs"]])
+print(json.dumps({"weights_at_mod16": model.lm_head.weight.data_ptr() % 16, "rows": len(t),
+                  "option_logprobs": hashlib.sha256(logprobs.tobytes()).hexdigest(),
+                  "raw_text": hashlib.sha256("|".join(map(str, t["raw_text"])).encode()).hexdigest()}))
+"""
+
+
+def run_fresh(code: str, *args: str) -> str:
+    """``code`` in a new Python process whose environment has no MKL_CBWR; its last line of output."""
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"} | {"PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def test_cpu_matmuls_do_not_depend_on_where_their_operands_lie():
+    """Without MKL_CBWR, MKL gives 2 to 4 different results for the same values at different alignments."""
+    distinct = yaml.safe_load(run_fresh(ALIGNMENT_SWEEP))
+    assert set(distinct.values()) == {1}, distinct
+
+
+def shifted_copy(model_dir: Path, dest: Path) -> Path:
+    """The same model with its safetensors header padded so that every weight lies 8 bytes further (mod 16)."""
+    import json
+    import struct
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model_dir, dest)
+    weights = model_dir / "model.safetensors"
+    raw = weights.read_bytes()
+    header_len = struct.unpack("<Q", raw[:8])[0]
+    meta = json.loads(raw[8:8 + header_len]).get("__metadata__", {})
+    for pad in range(1, 32):
+        save_file(load_file(weights), dest / "model.safetensors", metadata=meta | {"padding": "x" * pad})
+        if (struct.unpack("<Q", (dest / "model.safetensors").read_bytes()[:8])[0] - header_len) % 16 == 8:
+            return dest
+    raise AssertionError("no padding moved the weights by 8 bytes mod 16")
+
+
+@pytest.fixture(scope="module")
+def bbq_sample(shared_data, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("bbq-sample")
+    pipeline.prepare("bbq", [str(shared_data / "bbq" / "data" / "Age.jsonl")], str(folder / "bbq.parquet"))
+    pipeline.sample("bbq", str(folder / "bbq.parquet"), {"categories": ["Age"], "sample_per_cell": 1, "seed": 0},
+                    str(folder / "sample.parquet"))
+    return folder / "sample.parquet"
+
+
+def test_the_same_generation_job_writes_the_same_bytes(tiny_model, bbq_sample, tmp_path):
+    """The job twice from the same files, and once from the same weights stored 8 bytes further into their file
+    (as another process's memory would place them): identical option log-probs and answers. Batches of one row
+    take the alignment-sensitive decoding path of MKL (a matrix times a vector)."""
+    import json
+
+    moved = shifted_copy(tiny_model, tmp_path / "moved")
+    runs = []
+    for n, model_dir in enumerate([tiny_model, tiny_model, moved]):
+        (tmp_path / f"out{n}").mkdir()
+        runs.append(json.loads(run_fresh(TINY_JOB, str(model_dir), str(bbq_sample), str(tmp_path / f"out{n}"))))
+    assert runs[0]["weights_at_mod16"] != runs[2]["weights_at_mod16"]  # the copy does move the weights
+    assert runs[0]["rows"] > 0
+    for key in ("option_logprobs", "raw_text"):
+        assert runs[0][key] == runs[1][key] == runs[2][key], key
+    # and every column of the tables, exactly
+    tables = [pd.read_parquet(tmp_path / f"out{n}" / "t.parquet") for n in range(3)]
+    for other in tables[1:]:
+        pd.testing.assert_frame_equal(tables[0], other, check_exact=True)
+
+
+@pytest.mark.slow
+def test_every_generation_job_of_the_workflow_ran_with_mkl_cbwr(workflow_run):
+    import json
+
+    from selfcorrect import MKL_CBWR
+
+    work, _ = workflow_run
+    metas = [json.loads(p.read_text()) for p in (work / "results" / "generations").rglob("*.meta.json")]
+    assert len(metas) == 8 and {m["mkl_cbwr"] for m in metas} == {MKL_CBWR}
+
+
+def test_the_methods_page_says_what_is_and_is_not_bit_reproducible():
+    from selfcorrect import MKL_CBWR
+    from selfcorrect.determinism import determinism_note
+
+    cpu = determinism_note([{"device": "cpu", "backend": "transformers"}] * 2)
+    assert f"MKL_CBWR={MKL_CBWR}" in cpu and "On GPU the workflow does not make runs bit-reproducible" in cpu
+    assert "torch.use_deterministic_algorithms" in cpu and "vLLM" not in cpu and cpu.endswith("generated on: cpu.")
+    gpu = determinism_note([{"device": "cuda", "backend": "vllm"}, {"device": "cpu", "backend": "transformers"}])
+    assert "vLLM schedules requests" in gpu and gpu.endswith("generated on: cpu, cuda.")

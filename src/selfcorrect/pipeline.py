@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
 from pathlib import Path
@@ -107,6 +108,7 @@ def generate(
         "condition": condition, "rounds": settings.rounds, "answer_modes": list(settings.answer_modes),
         "n_examples": len(examples), "n_rows": len(table), "wall_seconds": round(time.perf_counter() - t0, 2),
         "threads": threads, "torch": torch.__version__, "shard_key": key,
+        "mkl_cbwr": os.environ.get("MKL_CBWR"),  # CPU reproducibility (selfcorrect/__init__.py)
     }, meta_out)
 
 
