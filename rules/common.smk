@@ -12,12 +12,19 @@ sys.path.insert(0, SRC)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
 os.environ.setdefault("SELFCORRECT_ROOT", workflow.basedir)
 
+import selfcorrect  # noqa: E402
+
+# bit-identical CPU results (Intel MKL's Conditional Numerical Reproducibility), read when MKL first runs: every
+# job inherits it from here, whatever it imports first (see selfcorrect/__init__.py)
+os.environ.setdefault("MKL_CBWR", selfcorrect.MKL_CBWR)
+
 from selfcorrect.conditions import Registry  # noqa: E402
 from selfcorrect.config_checks import (  # noqa: E402
     check_cluster,
     check_mirror,
     check_schema,
     check_study,
+    coerce_config,
     cpu_resources,
     gated_without_access,
     model_backend,
@@ -28,6 +35,8 @@ from selfcorrect.revisions import hub_models, unpinned  # noqa: E402
 from selfcorrect.tasks import get_task  # noqa: E402
 
 SCHEMA = Path(workflow.basedir) / "config" / "config.schema.yaml"
+# --config hands nested values over as strings ('generation={batch_size: 8}' gives '8'): read them as YAML first
+config.update(coerce_config(config, SCHEMA))
 check_schema(config, SCHEMA)  # one line per problem: key, bad value, what is allowed
 validate(config, str(SCHEMA))  # snakemake's own check; fills in the schema's `default:` entries
 REGISTRY = Registry.load()

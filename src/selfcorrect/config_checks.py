@@ -28,18 +28,14 @@ def check_study(config: dict, registry: Registry) -> None:
 
 
 def check_model_source(name: str, m: dict) -> None:
-    """Catch what can be caught without loading: a missing local directory or PyPI-shipped model."""
-    from pathlib import Path
-
+    """Catch what can be caught without loading: a missing local directory, GGUF file or PyPI-shipped model."""
     from .models import ModelLoadError, ModelSpec, resolve_path
 
-    path = str(m["path"])
     try:
         resolve_path(ModelSpec.from_config(name, m))
     except ModelLoadError as err:
-        raise ConfigError(f"config key `models.{name}.path`: {err}") from None
-    if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().exists():
-        raise ConfigError(f"config key `models.{name}.path`: local model directory {path!r} does not exist")
+        key = "gguf_file" if "gguf_file" in str(err) else "path"
+        raise ConfigError(f"config key `models.{name}.{key}`: {err}") from None
 
 
 def model_backend(model_cfg: dict, generation: dict) -> str:
@@ -153,6 +149,65 @@ def load_config(path=DEFAULT_CONFIG) -> dict:
 
     with open(path) as fh:
         return with_defaults(yaml.safe_load(fh) or {})
+
+
+# YAML 1.1's spellings of null, as a config file would read them
+_YAML_NULLS = ("null", "Null", "NULL", "~")
+
+
+def _schema_types(schema: dict) -> set[str]:
+    """The JSON types a schema node allows (from ``type``, or from an ``enum``'s values); empty: unknown."""
+    declared = schema.get("type")
+    if declared is not None:
+        return {declared} if isinstance(declared, str) else set(declared)
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
+    return {names.get(type(v), "object") for v in schema.get("enum", ())}
+
+
+def _from_text(text: str, schema: dict):
+    types = _schema_types(schema)
+    if not types:
+        return text
+    if "string" in types:
+        # `--config data_mirror=null` means null, as `data_mirror: null` does in a file
+        return None if "null" in types and text in _YAML_NULLS else text
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text  # left for the schema check to name
+    return coerce_overrides(value, schema) if isinstance(value, (dict, list)) else value
+
+
+def coerce_overrides(value, schema: dict):
+    """``value`` with each string read as YAML where ``schema`` wants no string there.
+
+    Snakemake reads a ``--config`` value with int, float, "True"/"False", then YAML's BaseLoader, which keeps every
+    scalar inside a mapping or list a string: ``--config 'generation={batch_size: 8}'`` arrives as
+    ``{'batch_size': '8'}`` and ``sample_per_cell=null`` as ``'null'``. Read here as a config file would read them,
+    they validate; a string the schema does want (a path, a revision) is kept as typed, except a YAML null where
+    null is also allowed.
+    """
+    if isinstance(value, str):
+        return _from_text(value, schema)
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        extra = extra if isinstance(extra, dict) else {}
+        return {k: coerce_overrides(v, props.get(k, extra)) for k, v in value.items()}
+    if isinstance(value, list):
+        items = schema.get("items")
+        return [coerce_overrides(v, items if isinstance(items, dict) else {}) for v in value]
+    return value
+
+
+def coerce_config(config: dict, schema_path=SCHEMA_FILE) -> dict:
+    """:func:`coerce_overrides` of a whole config against the schema file (Snakemake's ``--config`` strings)."""
+    import yaml
+
+    with open(schema_path) as fh:
+        return coerce_overrides(config, yaml.safe_load(fh))
 
 
 def check_schema(config: dict, schema_path) -> None:

@@ -87,6 +87,36 @@ def fetch(src: SourceFile, dest: str | Path, mirror: str | Path | None = None, h
     return dest
 
 
+def pinned_file_of(benchmark: str, path: str | Path, sources: dict | None = None) -> SourceFile:
+    """The pinned file that ``path`` is a copy of: the one whose repository path ``path`` ends with
+    (resources/data/bbq/data/Religion.jsonl is bbq's data/Religion.jsonl)."""
+    sources = sources or load_sources()
+    posix = Path(path).as_posix()
+    matches = [p for p in sources[benchmark]["files"] if posix == p or posix.endswith("/" + p)]
+    if not matches:
+        raise DataError(f"{path} is not one of the files pinned for {benchmark} in config/sources.yaml "
+                        f"({sorted(sources[benchmark]['files'])})")
+    return source_file(benchmark, max(matches, key=len), sources)
+
+
+def verify_pinned(benchmark: str, paths: list[str | Path], sources: dict | None = None) -> None:
+    """Stop unless each of ``paths`` still has its pinned sha256.
+
+    ``fetch`` checks a file once, when it arrives; a file edited afterwards would otherwise be read as if it were
+    the benchmark (one changed byte of a BBQ jsonl changes a label and every score after it).
+    """
+    sources = sources or load_sources()
+    for path in paths:
+        src = pinned_file_of(benchmark, path, sources)
+        actual = sha256_file(path)
+        if actual != src.sha256:
+            raise DataError(
+                f"{path} is not the pinned {src.benchmark}/{src.path}: its sha256 is {actual}, config/sources.yaml "
+                f"pins {src.sha256} (commit {src.commit}); it changed after it was fetched. Delete it (rm '{path}') "
+                "and run again to fetch it anew."
+            )
+
+
 # ---------------------------------------------------------------- BBQ
 
 def read_jsonl(path: str | Path) -> list[dict]:

