@@ -18,6 +18,7 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
 from . import formats, parsing  # noqa: E402
 from .conditions import Registry  # noqa: E402
+from .determinism import determinism_note  # noqa: E402
 from .io import atomic_path, sha256_file, write_csv, write_text  # noqa: E402
 from .tasks import get_task  # noqa: E402
 
@@ -148,6 +149,7 @@ def methods_text(config: dict, metas: list[dict], data_files: list[str], sources
               "  Sample: BBQ draws sample_per_cell whole contexts per category (seeded), each giving one question to "
               "every context x polarity cell."]
     lines += ["", "Generation limits"] + limit_lines(metas)
+    lines += ["", "Reproducibility", f"  {determinism_note(metas)}"]
     lines += ["", "Software: " + ", ".join(f"{k} {v}" for k, v in _versions().items()),
               f"Hardware: {_hardware(metas)}",
               f"Generation wall time: {wall / 60:.1f} min over {len(metas)} jobs; backends: "
