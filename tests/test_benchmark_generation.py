@@ -64,6 +64,24 @@ def test_static_cache_baseline_gives_the_same_answers(bench, model_and_tok, bbq_
     assert static[:2] == plain[:2]
 
 
+def test_baselines_run_on_the_attention_the_user_loaded(bench, model_and_tok, bbq_prompts, monkeypatch):
+    """Building the engine on CPU switches the model to the engine's grouped-KV attention; the baselines must not
+    profit from it, and the engine must get it back."""
+    from selfcorrect.engine import Engine
+
+    model, tok = model_and_tok
+    Engine(model, tok, "cpu", progress=False)
+    engines_choice = model.config._attn_implementation
+    assert engines_choice != "sdpa"
+    seen = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: (seen.append(model.config._attn_implementation), real(**kw))[1])
+    bench.hf_batched_generate(model, tok, bbq_prompts[:2], 2, 2, "cpu", {tok.eos_token_id})
+    bench.naive_generate(model, tok, bbq_prompts[:1], 2, "cpu", {tok.eos_token_id})
+    assert seen == ["sdpa", "sdpa"]
+    assert model.config._attn_implementation == engines_choice
+
+
 def test_answer_of_cuts_at_the_first_end_token_and_counts_it(bench):
     assert bench.answer_of([5, 6, 2, 2, 2], {2}) == ([5, 6], 3)
     assert bench.answer_of([5, 6, 7], {2}) == ([5, 6, 7], 3)  # cut at the maximum: no end token
