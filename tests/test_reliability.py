@@ -166,16 +166,13 @@ def copy_project(dest: Path) -> Path:
 
 
 def planned_jobs(dry_run_output: str) -> list[tuple[str, dict]]:
-    """(rule, wildcards) of each job a dry-run plans."""
+    """(rule, wildcards) of each job a dry-run plans: a job starts at an unindented `rule NAME:` line."""
     jobs = []
-    for block in dry_run_output.split("\n\n"):
-        lines = block.strip().splitlines()
-        head = next((ln for ln in lines if ln.startswith(("rule ", "localrule "))), None)
-        if head is None:
-            continue
-        wildcards = next((ln.split(":", 1)[1] for ln in lines if ln.strip().startswith("wildcards:")), "")
-        pairs = dict(p.strip().split("=", 1) for p in wildcards.split(",") if "=" in p)
-        jobs.append((head.split()[1].rstrip(":"), pairs))
+    for line in dry_run_output.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            jobs.append((line.split()[1].rstrip(":"), {}))
+        elif jobs and line.strip().startswith("wildcards:"):
+            jobs[-1][1].update(p.strip().split("=", 1) for p in line.split(":", 1)[1].split(",") if "=" in p)
     return jobs
 
 
