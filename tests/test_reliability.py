@@ -15,6 +15,7 @@ import yaml
 from selfcorrect import data, pipeline
 from selfcorrect.config_checks import ConfigError, check_model_source
 from selfcorrect.models import ModelLoadError, ModelSpec, resolve_path
+from test_workflow import workflow_run  # noqa: F401  the tiny end-to-end run (slow), reused as a finished run
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -153,9 +154,6 @@ def test_the_workflow_stops_at_start_up_on_a_relative_model_path(tmp_path):
 
 
 # ---------------------------------------------------------------- item 6: editing one condition reruns only its jobs
-
-from test_workflow import workflow_run  # noqa: E402,F401  (the tiny end-to-end run, reused as the finished run)
-
 
 def copy_project(dest: Path) -> Path:
     for name in ("rules", "scripts", "config", "src"):
