@@ -15,6 +15,7 @@ import yaml
 from selfcorrect import data, pipeline
 from selfcorrect.config_checks import ConfigError, check_model_source
 from selfcorrect.models import ModelLoadError, ModelSpec, resolve_path
+from test_workflow import workflow_run  # noqa: F401  the tiny end-to-end run (slow), reused as a finished run
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -154,9 +155,6 @@ def test_the_workflow_stops_at_start_up_on_a_relative_model_path(tmp_path):
 
 # ---------------------------------------------------------------- item 6: editing one condition reruns only its jobs
 
-from test_workflow import workflow_run  # noqa: E402,F401  (the tiny end-to-end run, reused as the finished run)
-
-
 def copy_project(dest: Path) -> Path:
     for name in ("rules", "scripts", "config", "src"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -166,16 +164,13 @@ def copy_project(dest: Path) -> Path:
 
 
 def planned_jobs(dry_run_output: str) -> list[tuple[str, dict]]:
-    """(rule, wildcards) of each job a dry-run plans."""
+    """(rule, wildcards) of each job a dry-run plans: a job starts at an unindented `rule NAME:` line."""
     jobs = []
-    for block in dry_run_output.split("\n\n"):
-        lines = block.strip().splitlines()
-        head = next((ln for ln in lines if ln.startswith(("rule ", "localrule "))), None)
-        if head is None:
-            continue
-        wildcards = next((ln.split(":", 1)[1] for ln in lines if ln.strip().startswith("wildcards:")), "")
-        pairs = dict(p.strip().split("=", 1) for p in wildcards.split(",") if "=" in p)
-        jobs.append((head.split()[1].rstrip(":"), pairs))
+    for line in dry_run_output.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            jobs.append((line.split()[1].rstrip(":"), {}))
+        elif jobs and line.strip().startswith("wildcards:"):
+            jobs[-1][1].update(p.strip().split("=", 1) for p in line.split(":", 1)[1].split(",") if "=" in p)
     return jobs
 
 

@@ -34,7 +34,7 @@ def check_model_source(name: str, m: dict) -> None:
     try:
         resolve_path(ModelSpec.from_config(name, m))
     except ModelLoadError as err:
-        key = "gguf_file" if "gguf_file" in str(err) else "path"
+        key = "gguf_file" if str(err).startswith(f"model {name!r}: gguf_file ") else "path"
         raise ConfigError(f"config key `models.{name}.{key}`: {err}") from None
 
 
