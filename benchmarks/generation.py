@@ -65,7 +65,8 @@ def best_of_two(engine, prompts, n_new, device, keys=None):
     """The faster of two timed engine calls (the first also pays for growing the allocator's memory pools); with
     ``keys`` the second keeps its KV caches for a next round, as the study's jobs do."""
     out, first = timed(lambda: engine.generate(prompts, n_new), device)
-    engine.reuse_prefixes(keys is not None)  # engine-api
+    engine.forget()
+    engine.carry_kv_between_rounds = keys is not None
     _, second = timed(lambda: engine.generate(prompts, n_new, keys=keys), device)
     return out, min(first, second)
 
@@ -356,15 +357,16 @@ def main() -> int:
             # (kept by the engine's second short run, keyed by example) vs. encoded cold
             second = [fmt(registry.conversation("instruction", "bbq", ex, [RoundRecord(answer=a)])) for ex, a in zip(exs, fast_out)]
             _, t_warm = timed(lambda: engine.generate(second, args.short_tokens, keys=keys), device)
-            engine.reuse_prefixes(False)  # engine-api: drops the kept caches before the CoT runs
+            engine.carry_kv_between_rounds = False  # drops the kept caches before the CoT runs
+            engine.forget()
             release(device)
             _, t_cold = timed(lambda: engine.generate(second, args.short_tokens), device)
             print(f"round 2 ({count_tokens(tok, second) / len(second):.0f} prompt tokens each): cold {t_cold:.2f}s, "
                   f"reusing round 1's cache {t_warm:.2f}s, ratio {t_warm / t_cold:.2f}")
         if compare_sharing:
-            engine.share_prefixes = False  # engine-api
+            engine.prefix_tree_prefill = False
             _, r["unshared_s"] = timed(lambda: engine.generate(batch_prompts, n_new), device)  # pools already grown
-            engine.share_prefixes = True  # engine-api
+            engine.prefix_tree_prefill = True
         release(device)
         for name, outs, idx in (("hf", hf_out, range(len(hf_out))), ("naive", naive_out if naive_n else [], naive_idx),
                                 ("static", static_out if run_static else [], range(len(batch_prompts)))):
