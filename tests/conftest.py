@@ -32,6 +32,17 @@ def bbq_paths() -> list[Path]:
     return [SHARED / "bbq" / "data" / f"{c}.jsonl" for c in SIX]
 
 
+def copy_project(dest: Path) -> Path:
+    """The workflow's own files (no results) copied to ``dest``, for tests that edit them or run there."""
+    import shutil
+
+    for name in ("rules", "scripts", "config", "src"):
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(ROOT / name, dest / name)
+    return dest
+
+
 def _corpus() -> list[str]:
     lines = []
     for c in SIX:

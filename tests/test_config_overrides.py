@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import copy_project
 import yaml
 
 from selfcorrect.config_checks import coerce_overrides
@@ -141,14 +141,6 @@ def config_args(overrides: dict, fill: dict) -> list[str]:
     if model:
         args.append(f"models={{{MODEL}: {{{', '.join(model)}}}}}")
     return args
-
-
-def copy_project(dest: Path) -> Path:
-    for name in ("rules", "scripts", "config", "src"):
-        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(ROOT / name, dest / name)
-    return dest
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import copy_project
 import yaml
 
 from selfcorrect import data, pipeline
@@ -154,14 +155,6 @@ def test_the_workflow_stops_at_start_up_on_a_relative_model_path(tmp_path):
 
 
 # ---------------------------------------------------------------- item 6: editing one condition reruns only its jobs
-
-def copy_project(dest: Path) -> Path:
-    for name in ("rules", "scripts", "config", "src"):
-        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(ROOT / name, dest / name)
-    return dest
-
 
 def planned_jobs(dry_run_output: str) -> list[tuple[str, dict]]:
     """(rule, wildcards) of each job a dry-run plans: a job starts at an unindented `rule NAME:` line."""
