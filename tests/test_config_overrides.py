@@ -39,7 +39,8 @@ def _evaluate(rule_name, **wildcards):
     # snakemake wraps each resource in a Resource, evaluated with the job's wildcards as the scheduler would
     resource = lambda r: r.evaluate(wc).value
     return {"params": {k: param(v) for k, v in job_rule.params.items()},
-            "resources": {k: resource(job_rule.resources[k]) for k in ("mem_mb", "runtime", "gpu", "slurm_partition")
+            "resources": {k: resource(job_rule.resources[k]) for k in ("mem_mb", "runtime", "gpu", "slurm_partition",
+                                                                           "constraint", "gpu_model", "slurm_account")
                           if k in job_rule.resources}}
 
 
@@ -85,7 +86,7 @@ SET = {
     "rounds": ("3", 3, STUDY + ("rounds",)),
     "answer_modes": ("[logprob]", ["logprob"], STUDY + ("answer_modes",)),
     "generation.backend": ("vllm", "vllm", GEN + ("backend",)),
-    "generation.device": ("cpu", "cpu", GEN + ("device",)),
+    "generation.device": ("cuda", "cuda", GEN + ("device",)),
     "generation.batch_size": ("8", 8, GEN + ("batch_size",)),
     "generation.max_new_tokens": ("5", 5, GEN + ("max_new_tokens",)),
     "generation.cot_max_new_tokens": ("7", 7, GEN + ("cot_max_new_tokens",)),
@@ -96,6 +97,16 @@ SET = {
     "bootstrap.n_resamples": ("50", 50, ("score_bbq", "params", "bootstrap", "n_resamples")),
     "bootstrap.confidence": ("0.9", 0.9, ("score_bbq", "params", "bootstrap", "confidence")),
     "cluster.gpu_partition": ("a100", "a100", ("generate", "resources", "slurm_partition")),
+    # the cluster's account, GPU type and CPUs reach Slurm through resources (tests/test_cluster.py, with a fake
+    # sbatch); here: the override reaches the config every job is given
+    "cluster.generate_cpus": ("6", 6, ("paper_figures", "params", "study", "cluster", "generate_cpus")),
+    "cluster.gpu_constraint": ("h100", "h100", ("paper_figures", "params", "study", "cluster", "gpu_constraint")),
+    "cluster.gpu_model": ("a100", "a100", ("paper_figures", "params", "study", "cluster", "gpu_model")),
+    "cluster.slurm_account": ("proj42", "proj42", ("paper_figures", "params", "study", "cluster", "slurm_account")),
+    "hf_cache": ("/tmp/hf-cache", "/tmp/hf-cache", ("paper_figures", "params", "study", "hf_cache")),
+    "models.<name>.backend": ("transformers", "transformers", MODEL_PARAMS + ("backend",)),
+    "models.<name>.gpu_constraint": ("h100", "h100", ("generate", "resources", "constraint")),
+    "models.<name>.gpu_model": ("a100", "a100", ("generate", "resources", "gpu_model")),
     "models.<name>.path": ("{model_dir}", "{model_dir}", MODEL_PARAMS + ("path",)),
     "models.<name>.revision": ("abc123", "abc123", MODEL_PARAMS + ("revision",)),
     "models.<name>.gguf_file": ("weights.gguf", "weights.gguf", MODEL_PARAMS + ("gguf_file",)),
