@@ -518,7 +518,7 @@ def test_estimate_cli_prints_the_figures_it_used_and_has_no_unused_options(capsy
 
     assert main(["estimate", "--configfile", str(PAPER)]) == 0
     out = capsys.readouterr().out
-    assert "NVIDIA H100 80GB HBM3" in out and "benchmarks/README.md:38" in out and "issue #17" in out
+    assert "NVIDIA H100 80GB HBM3" in out and "benchmarks/README.md:91" in out and "issue #17" in out
     assert "decode_hours" in out and "prefill_hours" in out and "llama-2-70b-chat" in out
     for gone in ("--tflops", "--mfu", "--data"):
         with pytest.raises(SystemExit):

@@ -49,15 +49,15 @@ class Figure:
 
 H100 = "NVIDIA H100 80GB HBM3, bf16, transformers engine"
 CPU = "2 cores of an AMD EPYC (this project's machine), fp32, transformers engine"
-MATMUL_H100_TFLOPS = 765.0  # the low end of the measured bf16 matmul limit, benchmarks/README.md:40
+MATMUL_H100_TFLOPS = 765.0  # the low end of the measured bf16 matmul limit, benchmarks/README.md:93
 
 FIGURES = (
     # the engine's model FLOP rate = its roofline fraction (2 x params x tokens processed / time) x the matmul limit
-    Figure("prefill_tflops", "gpu", H100, 0.1345, 0.015 * MATMUL_H100_TFLOPS, "benchmarks/README.md:36",
+    Figure("prefill_tflops", "gpu", H100, 0.1345, 0.015 * MATMUL_H100_TFLOPS, "benchmarks/README.md:89",
            "| SmolLM2-135M | 134.5 M | 340× | 246× | 0.95× / 0.97× | 0.80 | 1.5% / 2.7% |"),
-    Figure("prefill_tflops", "gpu", H100, 1.17, 0.117 * MATMUL_H100_TFLOPS, "benchmarks/README.md:37",
+    Figure("prefill_tflops", "gpu", H100, 1.17, 0.117 * MATMUL_H100_TFLOPS, "benchmarks/README.md:90",
            "| Llama, 1.2 B (hidden 2048, 22 layers, GQA 4) | 1,170 M | 243× | 187× | 0.93× / 0.84× | 0.58 | 11.7% / 20.2% |"),
-    Figure("prefill_tflops", "gpu", H100, 6.879, 0.237 * MATMUL_H100_TFLOPS, "benchmarks/README.md:38",
+    Figure("prefill_tflops", "gpu", H100, 6.879, 0.237 * MATMUL_H100_TFLOPS, "benchmarks/README.md:91",
            "| Llama-2-7B shape (hidden 4096, 32 layers) | 6,879 M | 160× | 242× | 1.10× / 1.77× | 0.82 | 23.7% / 40.9% |"),
     # one batch of 256 BBQ prompts, 128 new tokens each: the engine's whole run / 128 steps (its one prefill
     # included, so an upper bound on the step); engine time = batched generate's time / the engine's speedup
@@ -66,9 +66,9 @@ FIGURES = (
     Figure("step_ms", "gpu", H100, 6.879, 8.25 / 1.24 / 128 * 1e3, "issue #17",
            "1.24x at 7B for CoT ... took 4.73 s instead of 8.25 s at the 7B shape"),
     # SmolLM2-135M, batch 64, CoT (the offline study's shape)
-    Figure("prefill_tflops", "cpu", CPU, 0.1345, 2 * 0.1345e9 / 2.2e-3 / 1e12, "benchmarks/README.md:74",
+    Figure("prefill_tflops", "cpu", CPU, 0.1345, 2 * 0.1345e9 / 2.2e-3 / 1e12, "benchmarks/README.md:127",
            "Where the CPU time goes (batch 64, CoT): prefill is compute-bound (~2.2 ms per token, near the matmul rate), about"),
-    Figure("step_ms", "cpu", CPU, 0.1345, 360.0, "benchmarks/README.md:75",
+    Figure("step_ms", "cpu", CPU, 0.1345, 360.0, "benchmarks/README.md:128",
            "14 s; a decode step costs ~360 ms, of which ~235 ms are the matrix products (17 GFLOP at M=64: small-M GEMMs reach"),
 )
 
