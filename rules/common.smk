@@ -74,6 +74,11 @@ def conditions_for(benchmark):
     return REGISTRY.conditions_for(benchmark, config["conditions"])
 
 
+def condition_groups(benchmark):
+    """{generation job's name: its conditions} of ``benchmark`` (``generation.group_conditions``)."""
+    return REGISTRY.job_groups(benchmark, config["conditions"], config["generation"]["group_conditions"])
+
+
 def alternatives(names):
     return "|".join(re.escape(n) for n in names)
 
@@ -87,3 +92,4 @@ wildcard_constraints:
     benchmark=alternatives(TASKS),
     model=alternatives(MODELS),
     condition=alternatives(REGISTRY.names),
+    group=alternatives(sorted({g for b in TASKS for g in condition_groups(b)})),

@@ -13,8 +13,8 @@ def winogender_rho():
 
 def generation_metas():
     return [
-        f"results/generations/{m}/{b}/{c}.meta.json"
-        for m in MODELS for b in TASKS for c in conditions_for(b)
+        f"results/generations/{m}/{b}/{g}.meta.json"
+        for m in MODELS for b in TASKS for g in condition_groups(b)
     ]
 
 
@@ -48,6 +48,8 @@ rule tables:
         backend=config["generation"]["backend"],
     log:
         "logs/report/tables.log",
+    benchmark:
+        "benchmarks/runs/tables/tables.tsv"
     conda:
         "../envs/analysis.yaml"
     resources:
@@ -77,6 +79,8 @@ rule figure:
         n="|".join(map(str, FIGURES)),
     log:
         "logs/report/figure{n}.log",
+    benchmark:
+        "benchmarks/runs/figure/figure{n}.tsv"
     conda:
         "../envs/analysis.yaml"
     resources:

@@ -1,4 +1,6 @@
-# One job per (model, benchmark, condition): all rounds, both answer modes, resumable shards.
+# One job per (model, benchmark, group of conditions): the conditions that answer directly in one job, those that
+# reason first in another (`generation.group_conditions`; false: one job per condition). All rounds, both answer
+# modes, resumable shards; the job's table holds every condition of its group.
 
 # the config keys a generation job's rows depend on (a change to any other key, e.g. a figure's, reruns nothing here)
 GENERATION_KEYS = ("rounds", "answer_modes", "generation", "seed")
@@ -26,18 +28,19 @@ rule generate:
         unpack(model_files),
         samples="results/samples/{benchmark}.parquet",
     output:
-        table="results/generations/{model}/{benchmark}/{condition}.parquet",
-        meta="results/generations/{model}/{benchmark}/{condition}.meta.json",
+        table="results/generations/{model}/{benchmark}/{group}.parquet",
+        meta="results/generations/{model}/{benchmark}/{group}.meta.json",
     params:
+        conditions=lambda wc: condition_groups(wc.benchmark)[wc.group],
         model=lambda wc: {k: v for k, v in config["models"][wc.model].items() if k not in SCHEDULING_KEYS},
         study={k: config[k] for k in GENERATION_KEYS},
-        # the hash of the texts this job sends: editing another condition's wording reruns only that condition
-        prompt_texts=lambda wc: REGISTRY.job_texts_hash(wc.condition, wc.benchmark),
-        shard_dir=lambda wc: f"results/shards/{wc.model}/{wc.benchmark}/{wc.condition}",
+        # the hash of the texts this job sends: editing a condition's wording reruns only the job that runs it
+        prompt_texts=lambda wc: REGISTRY.group_texts_hash(condition_groups(wc.benchmark)[wc.group], wc.benchmark),
+        shard_dir=lambda wc: f"results/shards/{wc.model}/{wc.benchmark}/{wc.group}",
     log:
-        "logs/generate/{model}/{benchmark}/{condition}.log",
+        "logs/generate/{model}/{benchmark}/{group}.log",
     benchmark:
-        "benchmarks/runs/generate/{model}/{benchmark}/{condition}.tsv"
+        "benchmarks/runs/generate/{model}/{benchmark}/{group}.tsv"
     threads: config["cluster"]["generate_cpus"]
     conda:
         generation_env

@@ -13,6 +13,8 @@ rule prepare:
         "results/data/{benchmark}.parquet",
     log:
         "logs/prepare/{benchmark}.log",
+    benchmark:
+        "benchmarks/runs/prepare/{benchmark}.tsv"
     conda:
         "../envs/data.yaml"
     resources:
@@ -30,6 +32,8 @@ rule prepare_model:
         model=lambda wc: config["models"][wc.model],
     log:
         "logs/models/{model}.log",
+    benchmark:
+        "benchmarks/runs/prepare_model/{model}.tsv"
     conda:
         "../envs/generate.yaml"
     resources:

@@ -21,6 +21,8 @@ rule paper_figures:
         study=config,
     log:
         "logs/report/paper_figures.log",
+    benchmark:
+        "benchmarks/runs/paper_figures/paper_figures.tsv"
     conda:
         "../envs/analysis.yaml"
     resources:

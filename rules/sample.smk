@@ -10,6 +10,8 @@ rule sample:
         sampling=lambda wc: TASKS[wc.benchmark].sample_params(config),
     log:
         "logs/sample/{benchmark}.log",
+    benchmark:
+        "benchmarks/runs/sample/{benchmark}.tsv"
     conda:
         "../envs/data.yaml"
     resources:

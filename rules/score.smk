@@ -4,8 +4,8 @@
 
 def generations(benchmark):
     return expand(
-        "results/generations/{model}/{benchmark}/{condition}.parquet",
-        model=MODELS, benchmark=benchmark, condition=conditions_for(benchmark),
+        "results/generations/{model}/{benchmark}/{group}.parquet",
+        model=MODELS, benchmark=benchmark, group=condition_groups(benchmark),
     )
 
 
@@ -36,6 +36,8 @@ for _benchmark, _task in TASKS.items():
             seed=config["seed"],
         log:
             f"logs/score/{_benchmark}.log",
+        benchmark:
+            f"benchmarks/runs/score_{_benchmark}/{_benchmark}.tsv"
         conda:
             "../envs/analysis.yaml"
         resources:

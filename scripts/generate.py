@@ -3,7 +3,7 @@ from selfcorrect.smk import start
 
 start(snakemake)
 generate(
-    snakemake.wildcards.model, snakemake.params.model, snakemake.wildcards.benchmark, snakemake.wildcards.condition,
+    snakemake.wildcards.model, snakemake.params.model, snakemake.wildcards.benchmark, snakemake.params.conditions,
     snakemake.input.samples, snakemake.params.study, snakemake.output.table, snakemake.output.meta,
     snakemake.params.shard_dir, local_model_dir=snakemake.input.get("model") or None, threads=snakemake.threads,
     weights_record=snakemake.input.get("weights") or None,

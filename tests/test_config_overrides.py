@@ -45,7 +45,7 @@ def _evaluate(rule_name, **wildcards):
 
 
 _bench = list(TASKS)[0]
-_jobs = {"generate": _evaluate("generate", model=MODELS[0], benchmark=_bench, condition=conditions_for(_bench)[0]),
+_jobs = {"generate": _evaluate("generate", model=MODELS[0], benchmark=_bench, group=list(condition_groups(_bench))[0]),
          "paper_figures": _evaluate("paper_figures")}
 for _b in TASKS:
     _jobs[f"sample_{_b}"] = _evaluate("sample", benchmark=_b)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -147,6 +148,79 @@ def test_prefix_reuse_across_stages_and_rounds_changes_nothing_but_the_work(engi
     for a, b in zip(cold["option_logprobs"], warm["option_logprobs"]):
         assert list(a) == pytest.approx(list(b), abs=1e-4)
     assert warm_tokens < 0.6 * cold_tokens  # rounds 2-3 and the answer stages encode only their new tokens
+
+
+def _study_job(tiny_model, conditions, rounds=2):
+    from transformers import AutoTokenizer
+
+    from selfcorrect.conditions import Registry
+    from selfcorrect.formats import render
+    from selfcorrect.study import Job, Settings
+    from selfcorrect.tasks import get_task
+
+    registry = Registry.load()
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    settings = Settings(rounds=rounds, answer_modes=("generate", "logprob"), max_new_tokens=4, cot_max_new_tokens=4,
+                        shard_size=64)
+    return Job(get_task("bbq"), tuple(conditions), registry,
+               lambda c: render(c, "chat", registry.data["dialogue"], tok), settings)
+
+
+def test_conditions_in_one_job_change_nothing_but_the_work(engine, bbq_paths, tiny_model, record, monkeypatch):
+    """One job for several conditions gives each condition the rows its own job gives, with less encoded: one
+    question's prompts under the conditions share the start of the conversation."""
+    from selfcorrect import data, sampling
+    from selfcorrect.study import run_rounds
+
+    monkeypatch.setattr(engine, "batch_size", 16)
+    examples = sampling.sample_bbq(data.load_bbq(bbq_paths[:1]), 1, 3)  # one context: its four questions
+    conditions = ["baseline", "instruction", "unethical"]
+    calls = record(engine, "_step", real_tokens)
+    alone = {c: run_rounds(engine, _study_job(tiny_model, [c]), examples) for c in conditions}
+    alone_tokens = sum(calls)
+    calls.clear()
+    together = run_rounds(engine, _study_job(tiny_model, conditions), examples)
+    assert list(together["condition"].unique()) == conditions
+    for c in conditions:
+        mine = together[together["condition"] == c].reset_index(drop=True)
+        assert list(mine["item_id"]) == list(alone[c]["item_id"]) and list(mine["round"]) == list(alone[c]["round"])
+        assert list(mine["prompt"]) == list(alone[c]["prompt"]) and list(mine["raw_text"]) == list(alone[c]["raw_text"])
+        for a, b in zip(mine["option_logprobs"], alone[c]["option_logprobs"]):
+            assert list(a) == pytest.approx(list(b), abs=1e-4)
+    assert sum(calls) < 0.85 * alone_tokens  # the system prompt, context and question once for all three
+
+
+def test_conditions_that_send_the_same_texts_are_generated_once(engine, bbq_paths, tiny_model, record):
+    """specificity_2 is the paper's instruction, word for word: a job with both answers once and counts it twice."""
+    from selfcorrect import data, sampling
+    from selfcorrect.study import run_rounds
+
+    examples = sampling.sample_bbq(data.load_bbq(bbq_paths[:1]), 1, 3)
+    job = _study_job(tiny_model, ["instruction", "specificity_2", "baseline"])
+    assert job.computed() == {"instruction": ["instruction", "specificity_2"], "baseline": ["baseline"]}
+    prompts = record(engine, "answer", lambda p, *a, **k: len(p))
+    out = run_rounds(engine, job, examples)
+    assert sum(prompts) == 2 * 2 * len(examples)  # two rounds of instruction and baseline, each example once
+    same, twin = (out[out["condition"] == c].drop(columns="condition").reset_index(drop=True)
+                  for c in ("instruction", "specificity_2"))
+    pd.testing.assert_frame_equal(same, twin)
+    assert len(out) == 3 * 2 * len(examples)
+
+
+def test_a_job_runs_conditions_with_the_same_stages(tiny_model):
+    with pytest.raises(ValueError, match="mix CoT and direct answers"):
+        _study_job(tiny_model, ["instruction", "instruction_cot"])
+
+
+def test_condition_groups_split_direct_answers_from_reasoning():
+    from selfcorrect.conditions import Registry
+
+    registry = Registry.load()
+    names = ["baseline", "instruction_cot", "instruction", "specificity_3"]
+    assert registry.job_groups("bbq", names) == {"answer": ["baseline", "instruction", "specificity_3"],
+                                                 "reasoning": ["instruction_cot"]}
+    assert registry.job_groups("bbq", names, group=False) == {n: [n] for n in names}
+    assert registry.job_groups("bbq", ["baseline"]) == {"answer": ["baseline"]}  # no job without conditions
 
 
 def test_reuse_holds_when_a_call_spans_several_batches(engine, monkeypatch, record):

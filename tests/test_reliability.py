@@ -173,8 +173,8 @@ def test_editing_one_condition_plans_only_its_generation_jobs(workflow_run, tmp_
     project = copy_project(tmp_path / "project")
     conditions = project / "config" / "conditions.yaml"
     registry = yaml.safe_load(conditions.read_text())
-    # `instruction` changes for both its benchmarks, `unethical` for BBQ only; `instruction_cot` keeps the
-    # wording `instruction` had, and must not rerun either
+    # `instruction` changes for both its benchmarks, `unethical` for BBQ only: the job of each benchmark's direct
+    # answers reruns; `instruction_cot` keeps the wording `instruction` had, and its job (reasoning) must not rerun
     registry["conditions"]["instruction"]["instruction"] = {
         b: text + " Take your time." for b, text in registry["conditions"]["instruction"]["instruction"].items()}
     registry["conditions"]["unethical"]["instruction"]["bbq"] += " Really."
@@ -184,8 +184,8 @@ def test_editing_one_condition_plans_only_its_generation_jobs(workflow_run, tmp_
                           capture_output=True, text=True, timeout=600, env=os.environ | {"SELFCORRECT_ROOT": str(project)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = planned_jobs(proc.stdout)
-    generate = sorted((w["benchmark"], w["condition"]) for rule, w in jobs if rule == "generate")
-    assert generate == [("bbq", "instruction"), ("bbq", "unethical"), ("winogender", "instruction")], proc.stdout[-4000:]
+    generate = sorted((w["benchmark"], w["group"]) for rule, w in jobs if rule == "generate")
+    assert generate == [("bbq", "answer"), ("winogender", "answer")], proc.stdout[-4000:]
     # nothing upstream of generation reruns; downstream, only what reads the new tables
     assert not {rule for rule, _ in jobs} & {"download", "prepare", "sample", "prepare_model"}
 
@@ -228,7 +228,7 @@ study = {"rounds": 2, "answer_modes": ["generate", "logprob"], "seed": 0,
          "generation": {"backend": "transformers", "device": "cpu", "batch_size": 1, "max_new_tokens": 6,
                         "cot_max_new_tokens": 8, "shard_size": 64, "carry_kv_between_rounds": True,
                         "prefix_tree_prefill": True, "max_job_hours": 1}}
-pipeline.generate("tiny", {"path": model_dir, "format": "chat"}, "bbq", "instruction", samples, study,
+pipeline.generate("tiny", {"path": model_dir, "format": "chat"}, "bbq", ["instruction"], samples, study,
                   out + "/t.parquet", out + "/m.json", out + "/shards", threads=2)
 t = pd.read_parquet(out + "/t.parquet")
 logprobs = np.concatenate([np.asarray(x, dtype=np.float64) for x in t["option_logprobs"]])
@@ -309,7 +309,7 @@ def test_every_generation_job_of_the_workflow_ran_with_mkl_cbwr(workflow_run):
 
     work, _ = workflow_run
     metas = [json.loads(p.read_text()) for p in (work / "results" / "generations").rglob("*.meta.json")]
-    assert len(metas) == 8 and {m["mkl_cbwr"] for m in metas} == {MKL_CBWR}
+    assert len(metas) == 4 and {m["mkl_cbwr"] for m in metas} == {MKL_CBWR}  # 2 benchmarks x 2 groups
 
 
 def test_the_methods_page_says_what_is_and_is_not_bit_reproducible():

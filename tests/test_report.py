@@ -410,3 +410,21 @@ def test_the_figure_and_tables_steps_read_the_score_files(run, tmp_path):
     assert statuses["n_answers"].sum() == (run["outcomes"]["answer_mode"] == "generate").sum()
     position = pd.read_csv(out["position_bias_csv"])
     assert len(position) == run["outcomes"].groupby(["model", "condition", "round", "answer_mode"]).ngroups
+
+
+def test_the_methods_page_reads_a_grouped_jobs_limits_per_condition_and_names_shared_answers():
+    from selfcorrect.report import limit_lines, shared_computation_lines
+
+    meta = {"model": "m", "benchmark": "bbq", "conditions": ["instruction", "specificity_2", "baseline"],
+            "computed_as": {"specificity_2": "instruction"}, "max_new_tokens": 16, "cot_max_new_tokens": 128,
+            "share_reasoning_reached_limit": {"instruction": None, "specificity_2": None, "baseline": None},
+            "share_answer_reached_limit": {"instruction": 0.25, "specificity_2": 0.25, "baseline": 0.0}}
+    cot = {"model": "m", "benchmark": "bbq", "conditions": ["instruction_cot"], "computed_as": {},
+           "cot_max_new_tokens": 128, "share_reasoning_reached_limit": {"instruction_cot": 0.5},
+           "share_answer_reached_limit": {"instruction_cot": 0.0}}
+    assert limit_lines([cot, meta]) == [
+        "  m bbq instruction: 25% of answers cut at 16 tokens",
+        "  m bbq instruction_cot: 50% of reasoning texts cut at 128 tokens",
+        "  m bbq specificity_2: 25% of answers cut at 16 tokens"]
+    assert shared_computation_lines([meta, cot]) == [
+        "  bbq: specificity_2 sends the same texts as instruction; its answers are instruction's, generated once"]

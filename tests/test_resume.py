@@ -19,7 +19,7 @@ JOB = """
 import sys, json
 from selfcorrect.pipeline import generate
 a = json.loads(sys.argv[1])
-generate('tiny', {'path': a['model'], 'format': 'chat'}, 'bbq', 'instruction', a['samples'], a['cfg'],
+generate('tiny', {'path': a['model'], 'format': 'chat'}, 'bbq', ['instruction'], a['samples'], a['cfg'],
          a['out'], a['meta'], a['shards'], threads=1)
 """
 

@@ -60,7 +60,8 @@ def test_the_whole_dag_produces_the_report(workflow_run):
     assert "tiny-llama" in text and "Reconstructions" in text
     assert "Table 4: parse statuses" in text and "Table 5: position bias" in text
     statuses = pd.read_csv(work / "report" / "tables" / "parse_status.csv")
-    gen = pd.read_parquet(work / "results" / "generations" / "tiny-llama" / "bbq" / "baseline.parquet")
+    gen = pd.read_parquet(work / "results" / "generations" / "tiny-llama" / "bbq" / "answer.parquet")
+    gen = gen[gen["condition"] == "baseline"]
     row = statuses[(statuses["condition"] == "baseline") & (statuses["round"] == 1)].iloc[0]
     assert row["n_answers"] == (gen["round"] == 1).sum()
     position = pd.read_csv(work / "report" / "tables" / "position_bias.csv")
@@ -72,7 +73,12 @@ def test_the_whole_dag_produces_the_report(workflow_run):
 @pytest.mark.slow
 def test_outputs_carry_ids_conditions_rounds_and_prompt_hashes(workflow_run):
     work, _ = workflow_run
-    gen = pd.read_parquet(work / "results" / "generations" / "tiny-llama" / "bbq" / "instruction_cot.parquet")
+    generations = work / "results" / "generations" / "tiny-llama" / "bbq"
+    # one job for the conditions that answer directly, one for those that reason first (generation.group_conditions)
+    assert sorted(p.name for p in generations.glob("*.parquet")) == ["answer.parquet", "reasoning.parquet"]
+    assert list(pd.read_parquet(generations / "answer.parquet")["condition"].unique()) == ["baseline", "instruction", "unethical"]
+    gen = pd.read_parquet(generations / "reasoning.parquet")
+    assert set(gen["condition"]) == {"instruction_cot"}
     assert {"item_id", "condition", "model", "revision", "prompt_hash", "raw_text", "reasoning", "round"} <= set(gen.columns)
     assert sorted(gen["round"].unique()) == [1, 2]
     assert len(gen) == (2 * 2 * 2 * 1) * 2  # (categories x contexts x polarities x 1 per cell) x rounds
@@ -83,7 +89,7 @@ def test_outputs_carry_ids_conditions_rounds_and_prompt_hashes(workflow_run):
     assert bbq["bias_score"].dropna().between(-100, 100).all()
     assert {"ci_low", "ci_high", "n_scored"} <= set(cells.columns)
     logs = list((work / "logs" / "generate").rglob("*.log"))
-    assert len(logs) == 8 and all(p.stat().st_size > 0 for p in logs)
+    assert len(logs) == 4 and all(p.stat().st_size > 0 for p in logs)  # 2 benchmarks x 2 groups of conditions
 
 
 @pytest.mark.slow
@@ -159,3 +165,18 @@ def test_unloadable_model_stops_before_any_job(tmp_path):
                                        "--configfile", str(configfile)], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "models.ghost.path" in proc.stdout + proc.stderr and "does not exist" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_time_per_stage_is_summed_from_the_runs_benchmark_files_and_log(workflow_run):
+    import json
+
+    work, _ = workflow_run
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "stages.py"), str(work)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    stages = {r["rule"]: r for r in json.loads(proc.stdout.splitlines()[-1])["stages"]}
+    assert stages["generate"]["jobs"] == 4 and stages["figure"]["jobs"] == 9 and stages["paper_figures"]["jobs"] == 1
+    for rule in ("generate", "score_bbq", "score_winogender", "tables", "figure", "paper_figures", "sample"):
+        assert stages[rule]["benchmark_s"] > 0 and stages[rule]["log_s"] >= 0, rule
+    assert stages["download"]["benchmark_s"] is None  # a local copy: no benchmark file

@@ -153,6 +153,25 @@ class Registry:
     def job_texts_hash(self, condition: str, benchmark: str) -> str:
         return short_hash(json.dumps(self.job_texts(condition, benchmark), sort_keys=True))
 
+    def group_texts_hash(self, conditions: list[str], benchmark: str) -> str:
+        """The texts a job running ``conditions`` sends: editing a condition of another job leaves it alone."""
+        return short_hash("/".join(f"{c}={self.job_texts_hash(c, benchmark)}" for c in conditions))
+
+    def job_groups(self, benchmark: str, names: list[str], group: bool = True) -> dict[str, list[str]]:
+        """The generation jobs of ``benchmark`` for the run's conditions ``names``: {job name: its conditions}.
+
+        ``group``: the conditions that answer directly form one job (``answer``) and those that reason first
+        another (``reasoning``): one model load each, and one example's prompts under the different conditions share
+        their common prefix's KV cache. Otherwise one job per condition, named after it (more, smaller jobs for a
+        cluster to run side by side).
+        """
+        names = self.conditions_for(benchmark, names)
+        if not group:
+            return {n: [n] for n in names}
+        jobs = {"answer": [n for n in names if not self.condition(n).get("cot")],
+                "reasoning": [n for n in names if self.condition(n).get("cot")]}
+        return {job: conds for job, conds in jobs.items() if conds}
+
     # ------------------------------------------------------------ validation
     def validate(self) -> None:
         d = self.data

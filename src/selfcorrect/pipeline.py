@@ -105,10 +105,12 @@ def loaded_weights(weights_record: str | None) -> dict:
 
 
 def generate(
-    name: str, model_cfg: dict, benchmark: str, condition: str, samples: str, study: dict, out: str, meta_out: str,
-    shard_dir: str, local_model_dir: str | None = None, threads: int = 1, weights_record: str | None = None,
+    name: str, model_cfg: dict, benchmark: str, conditions: list[str], samples: str, study: dict, out: str,
+    meta_out: str, shard_dir: str, local_model_dir: str | None = None, threads: int = 1,
+    weights_record: str | None = None,
 ) -> None:
-    """One (model, benchmark, condition) job: all rounds, sharded and resumable, one table out.
+    """One (model, benchmark, group of conditions) job: every condition and round, sharded and resumable, one table
+    out (its ``condition`` column names each row's condition).
 
     ``study`` holds the config keys generation depends on: rounds, answer_modes, generation, seed. A hub model
     loads from the snapshot its ``weights_record`` names, offline, and its rows and shard key carry that commit.
@@ -138,9 +140,10 @@ def generate(
     fmt = prompt_format(spec, tok)
     dialogue = registry.data["dialogue"]
     backend.stop_strings = (dialogue["separator"] + dialogue["human"],) if fmt == "base" else ()
-    info = JobInfo(name, revision, backend_name, fmt, device, benchmark, condition)
-    key = job_key(task.item_ids(examples), settings, info, registry.job_texts_hash(condition, benchmark))
-    job = Job(task, condition, registry, lambda c: render(c, fmt, dialogue, tok, spec.system_prompt), settings)
+    conditions = tuple(conditions)
+    info = JobInfo(name, revision, backend_name, fmt, device, benchmark, conditions)
+    key = job_key(task.item_ids(examples), settings, info, registry.group_texts_hash(conditions, benchmark))
+    job = Job(task, conditions, registry, lambda c: render(c, fmt, dialogue, tok, spec.system_prompt), settings)
 
     table = annotate(run_sharded(examples, Path(shard_dir), settings.shard_size, key,
                                  lambda chunk: run_rounds(backend, job, chunk)), info)
@@ -151,15 +154,25 @@ def generate(
         "resolved_revision": revision if loaded else getattr(getattr(model, "config", None), "_commit_hash", None),
         "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or platform.machine(),
         "dtype": str(model.dtype) if model is not None else spec.dtype, "prompt_format": fmt, "benchmark": benchmark,
-        "condition": condition, "rounds": settings.rounds, "answer_modes": list(settings.answer_modes),
+        "conditions": list(conditions), "computed_as": _computed_as(job), "rounds": settings.rounds, "answer_modes": list(settings.answer_modes),
         "n_examples": len(examples), "n_rows": len(table), "wall_seconds": round(time.perf_counter() - t0, 2),
         "threads": threads, "torch": torch.__version__, "shard_key": key,
         "system_prompt_used": system_prompt_used(tok, spec.system_prompt, fmt),
         "max_new_tokens": settings.max_new_tokens, "cot_max_new_tokens": settings.cot_max_new_tokens,
-        "share_reasoning_reached_limit": _share(table, "reasoning_reached_limit"),
-        "share_answer_reached_limit": _share(table, "answer_reached_limit"),
+        # per condition: the share of its generated texts that the token limit ended
+        "share_reasoning_reached_limit": _shares(table, "reasoning_reached_limit"),
+        "share_answer_reached_limit": _shares(table, "answer_reached_limit"),
         "mkl_cbwr": os.environ.get("MKL_CBWR"),  # CPU reproducibility (selfcorrect/__init__.py)
     }, meta_out)
+
+
+def _computed_as(job: Job) -> dict[str, str]:
+    """Conditions whose rows are another condition's answers (they send the same texts): {condition: generated as}."""
+    return {alias: first for first, names in job.computed().items() for alias in names[1:]}
+
+
+def _shares(table: pd.DataFrame, column: str) -> dict[str, float | None]:
+    return {str(c): _share(rows, column) for c, rows in table.groupby("condition", sort=False)}
 
 
 def _share(table: pd.DataFrame, column: str) -> float | None:

@@ -148,7 +148,7 @@ def methods_text(config: dict, metas: list[dict], data_files: list[str], sources
               "(n_resamples_undefined); a condition difference uses only examples scored under both conditions.",
               "  Sample: BBQ draws sample_per_cell whole contexts per category (seeded), each giving one question to "
               "every context x polarity cell."]
-    lines += ["", "Generation limits"] + limit_lines(metas)
+    lines += ["", "Generation limits"] + limit_lines(metas) + shared_computation_lines(metas)
     lines += ["", "Reproducibility", f"  {determinism_note(metas)}"]
     lines += ["", "Software: " + ", ".join(f"{k} {v}" for k, v in _versions().items()),
               f"Hardware: {_hardware(metas)}",
@@ -161,18 +161,29 @@ def methods_text(config: dict, metas: list[dict], data_files: list[str], sources
 
 
 def limit_lines(metas: list[dict]) -> list[str]:
-    """How often the token limit, not the model, ended a text: per job with chain of thought, the share of reasoning
-    texts cut at cot_max_new_tokens (and of answers cut at max_new_tokens wherever any was)."""
+    """How often the token limit, not the model, ended a text: per model, benchmark and condition with chain of
+    thought, the share of reasoning texts cut at cot_max_new_tokens (and of answers cut at max_new_tokens wherever
+    any was). A job's meta holds these shares per condition."""
+    shares = sorted(((m["model"], m["benchmark"], c, m) for m in metas for c in m.get("conditions", [])),
+                    key=lambda row: row[:3])
     lines = []
-    for m in sorted(metas, key=lambda m: (m.get("model", ""), m.get("benchmark", ""), m.get("condition", ""))):
-        cot, ans = m.get("share_reasoning_reached_limit"), m.get("share_answer_reached_limit")
+    for model, benchmark, condition, m in shares:
+        cot = (m.get("share_reasoning_reached_limit") or {}).get(condition)
+        ans = (m.get("share_answer_reached_limit") or {}).get(condition)
         if cot is not None:
-            lines.append(f"  {m['model']} {m['benchmark']} {m['condition']}: {cot:.0%} of reasoning texts cut at "
+            lines.append(f"  {model} {benchmark} {condition}: {cot:.0%} of reasoning texts cut at "
                          f"{m.get('cot_max_new_tokens')} tokens")
         if ans:
-            lines.append(f"  {m['model']} {m['benchmark']} {m['condition']}: {ans:.0%} of answers cut at "
-                         f"{m.get('max_new_tokens')} tokens")
+            lines.append(f"  {model} {benchmark} {condition}: {ans:.0%} of answers cut at {m.get('max_new_tokens')} tokens")
     return lines or ["  no text reached its token limit"]
+
+
+def shared_computation_lines(metas: list[dict]) -> list[str]:
+    """Conditions that send the same texts as another (the paper's specificity level 2 is its instruction): their
+    answers were generated once and counted under both names, as generating them twice gives the same answers."""
+    same = sorted({(m["benchmark"], alias, first) for m in metas for alias, first in (m.get("computed_as") or {}).items()})
+    return [f"  {b}: {alias} sends the same texts as {first}; its answers are {first}'s, generated once"
+            for b, alias, first in same]
 
 
 def _text_pages(pdf: PdfPages, text: str, title: str, lines_per_page: int = 70) -> None:

@@ -1,7 +1,12 @@
-"""One generation job: a model answers one condition of one benchmark for every round.
+"""One generation job: a model answers one group of conditions of one benchmark for every round.
 
-Work is split into shards of examples; each shard runs all rounds (round r+1 is built from round r's
-answers) and is written atomically, so a killed job resumes at the first unfinished shard. The driver sees
+The conditions of a job ask the same stages (all answer directly, or all reason first), so that one model load
+serves them and the prompts of one example under different conditions, which differ only after the question,
+share the KV cache of their common prefix. Conditions whose texts are identical for the benchmark (the paper's
+specificity level 2 is its instruction) are generated once and their rows counted under each name.
+
+Work is split into shards of examples; each shard runs all conditions and rounds (round r+1 is built from round
+r's answers) and is written atomically, so a killed job resumes at the first unfinished shard. The driver sees
 the benchmark only through its :class:`~selfcorrect.tasks.Task` and the model only through the
 :class:`~selfcorrect.engine.Backend` contract.
 """
@@ -13,7 +18,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -50,88 +55,131 @@ class Settings:
 
 @dataclass(frozen=True)
 class Job:
-    """One (task, condition) job's fixed parts: what it asks, and how prompts become text."""
+    """One job's fixed parts: its benchmark, its conditions (all with or all without a reasoning stage), how
+    prompts become text."""
 
     task: Task
-    condition: str
+    conditions: tuple[str, ...]
     registry: Registry
     render: Callable[[Conversation], str]
     settings: Settings
 
+    def __post_init__(self):
+        kinds = {bool(self.registry.condition(c).get("cot", False)) for c in self.conditions}
+        if len(kinds) != 1:
+            raise ValueError(f"one job runs conditions with the same stages; {list(self.conditions)} mix CoT and "
+                             "direct answers")
+
     @property
     def cot(self) -> bool:
-        return bool(self.registry.condition(self.condition).get("cot", False))
+        return bool(self.registry.condition(self.conditions[0]).get("cot", False))
 
-    def conversation(self, example: dict, history: list[RoundRecord], stage: str, reasoning: str | None = None):
-        return self.registry.conversation(self.condition, self.task.name, example, history, stage=stage, reasoning=reasoning)
+    def computed(self) -> dict[str, list[str]]:
+        """Each condition that is generated, with the job's conditions that send exactly its texts (itself first):
+        their answers are the same computation, so it is done once."""
+        first: dict[str, list[str]] = {}
+        for c in self.conditions:
+            first.setdefault(self.registry.job_texts_hash(c, self.task.name), []).append(c)
+        return {names[0]: names for names in first.values()}
+
+    def conversation(self, condition: str, example: dict, history: list[RoundRecord], stage: str,
+                     reasoning: str | None = None) -> Conversation:
+        return self.registry.conversation(condition, self.task.name, example, history, stage=stage, reasoning=reasoning)
+
+
+class Unit(NamedTuple):
+    """One example under one condition: a conversation of the job, carried through its rounds."""
+
+    condition: str
+    example: dict
+    item_id: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.condition, self.item_id)
 
 
 def run_rounds(backend, job: Job, examples: pd.DataFrame) -> pd.DataFrame:
-    """All rounds of one condition for ``examples``; one row per (example, round), in input order.
+    """All rounds of the job's conditions for ``examples``: one row per (condition, example, round), ordered by
+    condition (the job's order), round and the examples' order.
 
-    A backend that carries each example's KV cache from one stage or round to the next needs the batch's examples
+    A backend that carries each conversation's KV cache from one stage or round to the next needs a batch's units
     to go through all their rounds before the next batch starts, so that the cache is still in memory when the next
     prompt (which starts with the previous one) is encoded.
     """
     exs = examples.to_dict("records")
     ids = job.task.item_ids(examples)
+    computed = job.computed()
+    units = [Unit(c, ex, i) for c in computed for ex, i in zip(exs, ids)]
     if not backend.carry_kv_between_rounds:
-        return _rounds_of(backend, job, exs, ids)
-    order = sorted(range(len(exs)), key=_batch_order(backend, job, exs))
-    parts = []
-    for start in range(0, len(order), backend.batch_size):
-        idx = order[start:start + backend.batch_size]
+        out = _rounds_of(backend, job, units)
+    else:
+        order = sorted(range(len(units)), key=_batch_order(backend, job, units))
+        parts = []
+        for start in range(0, len(order), backend.batch_size):
+            backend.forget()
+            parts.append(_rounds_of(backend, job, [units[i] for i in order[start:start + backend.batch_size]]))
         backend.forget()
-        parts.append(_rounds_of(backend, job, [exs[i] for i in idx], [ids[i] for i in idx]))
-    backend.forget()
+        out = pd.concat(parts, ignore_index=True)
+    out = pd.concat([out[out["condition"] == c].assign(condition=alias) for c, names in computed.items()
+                     for alias in names], ignore_index=True)
     rank = {item: i for i, item in enumerate(ids)}
-    out = pd.concat(parts, ignore_index=True)
-    out["_rank"] = out["item_id"].map(rank)
-    return out.sort_values(["round", "_rank"]).drop(columns="_rank").reset_index(drop=True)
+    position = {c: i for i, c in enumerate(job.conditions)}
+    out["_condition"], out["_rank"] = out["condition"].map(position), out["item_id"].map(rank)
+    return (out.sort_values(["_condition", "round", "_rank"], kind="stable").drop(columns=["_condition", "_rank"])
+            .reset_index(drop=True))
 
 
-def _batch_order(backend, job: Job, exs: list[dict]) -> Callable[[int], object]:
-    """Examples whose first prompts share prefixes go into one batch (a prefix-tree prefill encodes those once);
-    otherwise similar lengths go together, so that each batch of the whole conversation pads little."""
+def _batch_order(backend, job: Job, units: list[Unit]) -> Callable[[int], object]:
+    """Units whose first prompts share prefixes go into one batch (a prefix-tree prefill encodes those once): the
+    same context's questions, and one question under the job's conditions, whose texts differ only after it.
+    Otherwise similar lengths go together, so that each batch of the whole conversation pads little."""
     stage = "reasoning" if job.cot else "answer"
-    first = [job.render(job.conversation(ex, [], stage)) for ex in exs]
+    first = [job.render(job.conversation(u.condition, u.example, [], stage)) for u in units]
     if backend.prefix_tree_prefill:
         return lambda i: first[i]
     return lambda i: -len(first[i])
 
 
-def _rounds_of(backend, job: Job, exs: list[dict], ids: list[str]) -> pd.DataFrame:
+def _rounds_of(backend, job: Job, units: list[Unit]) -> pd.DataFrame:
     task, settings = job.task, job.settings
     spec = job.registry.data["benchmarks"][task.name]
     generate = task.parses_answers(settings.answer_modes)
-    histories: list[list[RoundRecord]] = [[] for _ in exs]
+    keys = [u.key for u in units]
+    histories: list[list[RoundRecord]] = [[] for _ in units]
     rows = []
     for rnd in range(1, settings.rounds + 1):
-        reasoning = [None] * len(exs)
+        reasoning = [None] * len(units)
         if job.cot:
-            convs = [job.conversation(ex, h, "reasoning") for ex, h in zip(exs, histories)]
+            convs = [job.conversation(u.condition, u.example, h, "reasoning") for u, h in zip(units, histories)]
             reasoning = backend.generate([job.render(c) for c in convs], settings.cot_max_new_tokens,
-                                         desc=f"{job.condition} r{rnd} reasoning", keys=ids)
-        convs = [job.conversation(ex, h, "answer", r) for ex, h, r in zip(exs, histories, reasoning)]
+                                         desc=f"{_names(units)} r{rnd} reasoning", keys=keys)
+        convs = [job.conversation(u.condition, u.example, h, "answer", r) for u, h, r in zip(units, histories, reasoning)]
         prompts = [job.render(c) for c in convs]
-        options = [task.options(ex, c.prefix, spec) for ex, c in zip(exs, convs)]
+        options = [task.options(u.example, c.prefix, spec) for u, c in zip(units, convs)]
         texts, logprobs = backend.answer(prompts, settings.max_new_tokens if generate else None, options,
-                                         desc=f"{job.condition} r{rnd} answer", keys=ids)
-        texts = texts or [None] * len(exs)
-        for i, ex in enumerate(exs):
+                                         desc=f"{_names(units)} r{rnd} answer", keys=keys)
+        texts = texts or [None] * len(units)
+        for i, u in enumerate(units):
             probs = normalise(logprobs[i])
             slot = int(np.argmax(probs))
             rows.append({
-                "item_id": ids[i], "round": rnd, "prompt_hash": short_hash(prompts[i]), "prompt": prompts[i],
-                "reasoning": _text(reasoning[i]), "raw_text": _text(texts[i]),
+                "item_id": u.item_id, "condition": u.condition, "round": rnd, "prompt_hash": short_hash(prompts[i]),
+                "prompt": prompts[i], "reasoning": _text(reasoning[i]), "raw_text": _text(texts[i]),
                 # the token limit, not the model, ended the text: a reasoning cut mid-sentence is counted
                 "reasoning_reached_limit": _reached_limit(reasoning[i]), "answer_reached_limit": _reached_limit(texts[i]),
                 "option_logprobs": logprobs[i], "option_probs": probs, "logprob_slot": slot,
-            } | task.answer_columns(ex, texts[i]))
+            } | task.answer_columns(u.example, texts[i]))
             histories[i].append(RoundRecord(
-                answer=task.previous_answer(ex, convs[i].prefix, spec, texts[i], slot), reasoning=reasoning[i],
+                answer=task.previous_answer(u.example, convs[i].prefix, spec, texts[i], slot), reasoning=reasoning[i],
             ))
     return pd.DataFrame(rows)
+
+
+def _names(units: list[Unit]) -> str:
+    """The progress bar's label: the conditions a batch answers."""
+    names = list(dict.fromkeys(u.condition for u in units))
+    return names[0] if len(names) == 1 else f"{len(names)} conditions"
 
 
 def _text(text) -> str | None:
@@ -176,12 +224,12 @@ class JobInfo:
     prompt_format: str
     device: str
     benchmark: str
-    condition: str
+    conditions: tuple[str, ...]
 
 
 def job_key(item_ids: list[str], settings: Settings, info: JobInfo, texts_hash: str) -> str:
     """Fingerprint of everything a shard's content depends on; a changed input never reuses a stale shard."""
-    parts = [settings.key(), texts_hash, info.model, str(info.revision), info.prompt_format, info.condition,
+    parts = [settings.key(), texts_hash, info.model, str(info.revision), info.prompt_format, "+".join(info.conditions),
              short_hash("|".join(item_ids))]
     return short_hash("/".join(parts), 12)
 
@@ -189,5 +237,5 @@ def job_key(item_ids: list[str], settings: Settings, info: JobInfo, texts_hash: 
 def annotate(df: pd.DataFrame, info: JobInfo) -> pd.DataFrame:
     return df.assign(
         model=info.model, revision=info.revision or "", backend=info.backend, prompt_format=info.prompt_format,
-        benchmark=info.benchmark, condition=info.condition,
+        benchmark=info.benchmark,
     )

@@ -39,6 +39,10 @@ class Engine:
     stop_strings: tuple[str, ...] = ()
     progress: bool = True
     min_shared: int = 8  # the fewest tokens a shared prefix of the prefix tree holds
+    # the most levels of the prefix tree: a study's prompts share a system prompt, a context (BBQ's ambiguous
+    # context is the start of its disambiguated one), a question with its options, and under the conditions of one
+    # job the start of their instructions
+    prefix_depth: int = 6
     # A batch's rows are prefilled in groups of similar length when that saves more padded tokens than this per
     # extra group (a forward pass costs launches and copies of the cache). None: by device (CPU 32, GPU 4096).
     split_cost: int | None = None

@@ -112,8 +112,10 @@ def rows_of(cache, index):
 
 def gather_rows(cache, index) -> None:
     """Select (and repeat) batch rows of a KV cache in place."""
+    import torch
+
     for layer in cache.layers:
-        layer.keys, layer.values = layer.keys[index], layer.values[index]
+        layer.keys, layer.values = torch.index_select(layer.keys, 0, index), torch.index_select(layer.values, 0, index)
 
 
 class StoredBatch(NamedTuple):

@@ -27,7 +27,7 @@ def prefill(eng: Engine, p_ids: list[list[int]], carried: StoredBatch | None, ro
     import torch
 
     if carried is None:
-        levels = prefix_levels(p_ids, eng.min_shared) if eng.prefix_tree_prefill else None
+        levels = prefix_levels(p_ids, eng.min_shared, eng.prefix_depth) if eng.prefix_tree_prefill else None
         levels = levels or [(p_ids, None)]
         cache = new_cache(eng.model.config, room)
         mask = torch.zeros((len(levels[0][0]), 0), dtype=torch.long, device=eng.device)
