@@ -1,5 +1,5 @@
 # Reproduces "Smaller Large Language Models Can Do Moral Self-Correction" (Liu et al., 2024).
-# DAG: download → prepare (per benchmark) → sample (per benchmark) → generate (model × benchmark × condition)
+# DAG: download → prepare (per benchmark) → sample (per benchmark) → generate (model × benchmark × group of conditions)
 # → score (per benchmark) → tables, figures → report/paper_figures.pdf.  See docs/ARCHITECTURE.md.
 
 from snakemake.utils import min_version

@@ -91,5 +91,4 @@ def score_table(benchmark, table):
 wildcard_constraints:
     benchmark=alternatives(TASKS),
     model=alternatives(MODELS),
-    condition=alternatives(REGISTRY.names),
     group=alternatives(sorted({g for b in TASKS for g in condition_groups(b)})),

@@ -128,7 +128,7 @@ def test_prefix_reuse_across_stages_and_rounds_changes_nothing_but_the_work(engi
     examples = sampling.sample_bbq(data.load_bbq(bbq_paths[:2]), 1, 7)
     settings = Settings(rounds=3, answer_modes=("generate", "logprob"), max_new_tokens=5, cot_max_new_tokens=6,
                         shard_size=64)
-    job = Job(get_task("bbq"), "instruction_cot", registry, lambda c: render(c, "chat", registry.data["dialogue"], tok),
+    job = Job(get_task("bbq"), ("instruction_cot",), registry, lambda c: render(c, "chat", registry.data["dialogue"], tok),
               settings)
 
     def run(carry: bool):
@@ -425,3 +425,22 @@ def test_completions_say_whether_the_token_limit_ended_them(engine, monkeypatch)
     assert ended == [""] * len(PROMPTS) and not any(c.reached_limit for c in ended)
     assert stopped_text("It is (c).\n\nHuman: next", ("\n\nHuman:",), True).reached_limit is False
     assert stopped_text("It is (c) because the", ("\n\nHuman:",), True).reached_limit is True
+
+
+def test_a_condition_named_like_a_job_of_grouped_conditions_is_refused(tmp_path):
+    import yaml
+
+    from selfcorrect.config_checks import ConfigError, check_study, load_config
+    from selfcorrect.conditions import Registry
+    from selfcorrect.paths import CONDITIONS_FILE
+
+    data = yaml.safe_load(CONDITIONS_FILE.read_text())
+    data["conditions"]["answer"] = dict(data["conditions"]["baseline"])
+    (tmp_path / "conditions.yaml").write_text(yaml.safe_dump(data))
+    registry = Registry.load(tmp_path / "conditions.yaml")
+    cfg = load_config()
+    cfg["conditions"] = ["baseline", "answer"]
+    with pytest.raises(ConfigError, match="condition 'answer' has the name of a generation job"):
+        check_study(cfg, registry)
+    cfg["generation"]["group_conditions"] = False
+    check_study(cfg, registry)  # one job per condition: the name is free

@@ -21,6 +21,8 @@ from .paths import CONDITIONS_FILE
 COT_TEXTS = ("trigger", "followup", "answer_prefix")
 REASONING_PLACEHOLDER = "[reasoning]"
 ANSWER_PLACEHOLDER = "[previous answer]"
+# the generation jobs of grouped conditions: those that answer directly, those that reason first (Registry.job_groups)
+JOB_GROUPS = ("answer", "reasoning")
 
 
 class RegistryError(ValueError):
@@ -139,8 +141,8 @@ class Registry:
         return short_hash(json.dumps(self.texts(names), sort_keys=True))
 
     def job_texts(self, condition: str, benchmark: str) -> dict:
-        """The texts one (benchmark, condition) job sends, and nothing else: editing another condition's or
-        benchmark's wording leaves this job's hash, and so its outputs, alone."""
+        """The texts one condition sends for one benchmark, and nothing else: editing another condition's or
+        benchmark's wording leaves this hash alone (a job's hash is its conditions', :meth:`group_texts_hash`)."""
         c, d = self.condition(condition), self.data
         cot = bool(c.get("cot", False))
         return {
@@ -165,11 +167,13 @@ class Registry:
         their common prefix's KV cache. Otherwise one job per condition, named after it (more, smaller jobs for a
         cluster to run side by side).
         """
-        names = self.conditions_for(benchmark, names)
+        # in the registry's order: reordering the config's `conditions:` changes no job
+        names = [n for n in self.names if n in set(self.conditions_for(benchmark, names))]
         if not group:
             return {n: [n] for n in names}
-        jobs = {"answer": [n for n in names if not self.condition(n).get("cot")],
-                "reasoning": [n for n in names if self.condition(n).get("cot")]}
+        direct, reasoning = JOB_GROUPS
+        jobs = {direct: [n for n in names if not self.condition(n).get("cot")],
+                reasoning: [n for n in names if self.condition(n).get("cot")]}
         return {job: conds for job, conds in jobs.items() if conds}
 
     # ------------------------------------------------------------ validation

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from .conditions import Registry, RegistryError
+from .conditions import JOB_GROUPS, Registry, RegistryError
 from .paths import DEFAULT_CONFIG, SCHEMA_FILE
 
 
@@ -18,6 +18,11 @@ def check_study(config: dict, registry: Registry) -> None:
             registry.condition(name)
         except RegistryError as err:
             raise ConfigError(f"config key `conditions`: {err}") from None
+    if config["generation"]["group_conditions"]:
+        for name in set(config["conditions"]) & set(JOB_GROUPS):
+            raise ConfigError(f"config key `conditions`: condition {name!r} has the name of a generation job of "
+                              f"grouped conditions ({', '.join(JOB_GROUPS)}); rename it in config/conditions.yaml or "
+                              "set generation.group_conditions: false")
     for bench in config["benchmarks"]:
         if not registry.conditions_for(bench, config["conditions"]):
             raise ConfigError(f"config key `conditions`: none of {config['conditions']} is defined for benchmark {bench!r}")

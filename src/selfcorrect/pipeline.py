@@ -140,9 +140,11 @@ def generate(
     fmt = prompt_format(spec, tok)
     dialogue = registry.data["dialogue"]
     backend.stop_strings = (dialogue["separator"] + dialogue["human"],) if fmt == "base" else ()
+    if isinstance(conditions, str):
+        raise TypeError(f"conditions is a list of condition names, got the string {conditions!r}")
     conditions = tuple(conditions)
     info = JobInfo(name, revision, backend_name, fmt, device, benchmark, conditions)
-    key = job_key(task.item_ids(examples), settings, info, registry.group_texts_hash(conditions, benchmark))
+    key = job_key(task.item_ids(examples), settings, info, registry.group_texts_hash(conditions, benchmark), model_cfg)
     job = Job(task, conditions, registry, lambda c: render(c, fmt, dialogue, tok, spec.system_prompt), settings)
 
     table = annotate(run_sharded(examples, Path(shard_dir), settings.shard_size, key,
@@ -187,7 +189,7 @@ def score(benchmark: str, generations: list[str], samples: str, bootstrap: dict,
     """The task's score tables (``out`` maps each of ``Task.score_tables`` to its path).
 
     One model at a time, reading only the columns the task scores: memory is one model's rows (a generation file
-    holds one model's answers to one condition), so a paper-size grid is scored in one job.
+    holds one model's answers to a group of conditions), so a paper-size grid is scored in one job.
     """
     task = get_task(benchmark)
     examples = pd.read_parquet(samples)

@@ -65,6 +65,8 @@ class Job:
     settings: Settings
 
     def __post_init__(self):
+        if isinstance(self.conditions, str) or not self.conditions:
+            raise TypeError(f"a job's conditions are a non-empty tuple of names, got {self.conditions!r}")
         kinds = {bool(self.registry.condition(c).get("cot", False)) for c in self.conditions}
         if len(kinds) != 1:
             raise ValueError(f"one job runs conditions with the same stages; {list(self.conditions)} mix CoT and "
@@ -227,10 +229,15 @@ class JobInfo:
     conditions: tuple[str, ...]
 
 
-def job_key(item_ids: list[str], settings: Settings, info: JobInfo, texts_hash: str) -> str:
-    """Fingerprint of everything a shard's content depends on; a changed input never reuses a stale shard."""
-    parts = [settings.key(), texts_hash, info.model, str(info.revision), info.prompt_format, "+".join(info.conditions),
-             short_hash("|".join(item_ids))]
+def job_key(item_ids: list[str], settings: Settings, info: JobInfo, texts_hash: str, model_cfg: dict | None = None) -> str:
+    """Fingerprint of everything a shard's content depends on; a changed input never reuses a stale shard.
+
+    ``model_cfg``: the model's config entry (path, GGUF file, dtype, system prompt, ...), so that editing it
+    regenerates rather than reusing shards of the model as it was."""
+    parts = [settings.key(), texts_hash, info.model, str(info.revision), info.prompt_format, info.backend,
+             "+".join(info.conditions), short_hash("|".join(item_ids))]
+    if model_cfg:
+        parts.append(short_hash(json.dumps(model_cfg, sort_keys=True, default=str)))
     return short_hash("/".join(parts), 12)
 
 

@@ -34,7 +34,7 @@ class Backend(Protocol):
     of the example's previous stage or round (its next prompt starts with the previous one).
     """
 
-    batch_size: int  # examples per batch; 0: the backend schedules its own batches
+    batch_size: int  # prompts per batch (a job's (condition, example) units); 0: the backend schedules its own batches
     # True: a batch's KV cache is kept for its next stage or round, so the caller runs one batch of examples
     # through all its rounds before the next batch, and calls forget() in between
     carry_kv_between_rounds: bool
