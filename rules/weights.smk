@@ -2,7 +2,7 @@
 # they are at; every generation job of the model loads that snapshot offline (HF_HUB_OFFLINE=1) and keys its
 # shards on that commit. With HF_HUB_OFFLINE=1 in snakemake's environment the rule only checks the cache.
 
-# compute nodes may have no network (and 20 jobs per model must not each pull up to 138 GB): it runs where snakemake runs
+# compute nodes may have no network (and the generation jobs of a model must not each pull up to 138 GB): it runs where snakemake runs
 localrules:
     weights,
 

@@ -130,7 +130,7 @@ def generate(
     backend_name = model_backend(model_cfg, gcfg)
     loaded = loaded_weights(weights_record)
     if loaded:
-        # the weights rule fetched them: a job never reaches for the hub (20 jobs per model would download them 20 times)
+        # the weights rule fetched them: a job never reaches for the hub (each of a model's jobs would download them)
         os.environ["HF_HUB_OFFLINE"] = "1"
         local_model_dir = loaded["snapshot"]
     revision = loaded.get("commit") or spec.revision
@@ -156,7 +156,8 @@ def generate(
         "resolved_revision": revision if loaded else getattr(getattr(model, "config", None), "_commit_hash", None),
         "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or platform.machine(),
         "dtype": str(model.dtype) if model is not None else spec.dtype, "prompt_format": fmt, "benchmark": benchmark,
-        "conditions": list(conditions), "computed_as": _computed_as(job), "rounds": settings.rounds, "answer_modes": list(settings.answer_modes),
+        "conditions": list(conditions), "computed_as": _computed_as(job), "rounds": settings.rounds,
+        "answer_modes": list(settings.answer_modes),
         "n_examples": len(examples), "n_rows": len(table), "wall_seconds": round(time.perf_counter() - t0, 2),
         "threads": threads, "torch": torch.__version__, "shard_key": key,
         "system_prompt_used": system_prompt_used(tok, spec.system_prompt, fmt),
