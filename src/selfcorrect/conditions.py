@@ -171,9 +171,9 @@ class Registry:
         names = [n for n in self.names if n in set(self.conditions_for(benchmark, names))]
         if not group:
             return {n: [n] for n in names}
+        cot = self.cot_conditions(names)
         direct, reasoning = JOB_GROUPS
-        jobs = {direct: [n for n in names if not self.condition(n).get("cot")],
-                reasoning: [n for n in names if self.condition(n).get("cot")]}
+        jobs = {direct: [n for n in names if n not in cot], reasoning: cot}
         return {job: conds for job, conds in jobs.items() if conds}
 
     # ------------------------------------------------------------ validation

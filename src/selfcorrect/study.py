@@ -229,15 +229,14 @@ class JobInfo:
     conditions: tuple[str, ...]
 
 
-def job_key(item_ids: list[str], settings: Settings, info: JobInfo, texts_hash: str, model_cfg: dict | None = None) -> str:
+def job_key(item_ids: list[str], settings: Settings, info: JobInfo, texts_hash: str, model_cfg: dict) -> str:
     """Fingerprint of everything a shard's content depends on; a changed input never reuses a stale shard.
 
     ``model_cfg``: the model's config entry (path, GGUF file, dtype, system prompt, ...), so that editing it
     regenerates rather than reusing shards of the model as it was."""
     parts = [settings.key(), texts_hash, info.model, str(info.revision), info.prompt_format, info.backend,
-             "+".join(info.conditions), short_hash("|".join(item_ids))]
-    if model_cfg:
-        parts.append(short_hash(json.dumps(model_cfg, sort_keys=True, default=str)))
+             "+".join(info.conditions), short_hash("|".join(item_ids)),
+             short_hash(json.dumps(model_cfg, sort_keys=True, default=str))]
     return short_hash("/".join(parts), 12)
 
 
