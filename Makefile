@@ -6,7 +6,7 @@ VENV ?= .venv
 CORES ?= 2
 # Threads of each generation job: half the cores, so that two jobs run side by side. A job does not use its
 # threads fully (per-op Python work, memory-bound attention): on 2 cores two 1-thread jobs did the work of
-# two 2-thread jobs one after the other in 0.81 of the time (benchmarks/README.md, "Jobs side by side").
+# two 2-thread jobs one after the other in 0.81 of the time (benchmarks/README.md, "What else was measured").
 GENERATE_THREADS ?= $(shell echo $$(( $(CORES) / 2 > 1 ? $(CORES) / 2 : 1 )))
 DATA_MIRROR ?=
 SNAKEMAKE_ARGS ?=
@@ -26,10 +26,10 @@ $(STAMP): requirements.lock pyproject.toml
 setup: $(STAMP)
 
 paper: $(STAMP)
-	$(VENV)/bin/snakemake --cores $(CORES) --set-threads generate=$(GENERATE_THREADS) report/paper_figures.pdf $(if $(DATA_MIRROR),--config data_mirror=$(abspath $(DATA_MIRROR))) $(SNAKEMAKE_ARGS)
+	$(VENV)/bin/snakemake --cores $(CORES) report/paper_figures.pdf --set-threads generate=$(GENERATE_THREADS) $(if $(DATA_MIRROR),--config data_mirror=$(abspath $(DATA_MIRROR))) $(SNAKEMAKE_ARGS)
 
 report: paper
-	$(VENV)/bin/snakemake --cores $(CORES) --set-threads generate=$(GENERATE_THREADS) report/paper_figures.pdf --report report/report.html $(if $(DATA_MIRROR),--config data_mirror=$(abspath $(DATA_MIRROR)))
+	$(VENV)/bin/snakemake --cores $(CORES) report/paper_figures.pdf --set-threads generate=$(GENERATE_THREADS) --report report/report.html $(if $(DATA_MIRROR),--config data_mirror=$(abspath $(DATA_MIRROR)))
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
