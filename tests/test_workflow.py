@@ -120,6 +120,29 @@ def test_dry_run_lists_every_stage(shared_data, tmp_path):
         assert f"{rule} " in out or f"rule {rule}:" in out, rule
 
 
+@pytest.mark.slow
+def test_make_paper_runs_generation_jobs_with_half_the_cores(shared_data, tmp_path):
+    # the README's first command as make spells it out, dry-run: Snakemake must parse it (--set-threads takes every
+    # word up to the next option, so a target placed after it would be read as a rule=threads pair) and give each
+    # generation job half the cores, so that two run side by side
+    venv = Path(sys.executable).parents[1]
+    proc = subprocess.run(["make", "-o", f"{venv}/.installed", "paper", f"VENV={venv}", "CORES=4",
+                           f"DATA_MIRROR={shared_data}",
+                           f"SNAKEMAKE_ARGS=-n --directory {tmp_path} --configfile {ROOT / 'config.yaml'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    generate_jobs, job = [], None
+    for line in proc.stdout.splitlines():  # a job's block: its "rule NAME:" line, then indented fields
+        if line.startswith(" ") and job is not None:
+            job.append(line.strip())
+        else:
+            job = [] if line.endswith("rule generate:") else None
+            if job is not None:
+                generate_jobs.append(job)
+    assert len(generate_jobs) == 4, proc.stdout[-3000:]  # one model x two benchmarks x two groups of conditions
+    assert all("threads: 2" in job for job in generate_jobs), generate_jobs[0]
+
+
 @pytest.mark.parametrize("override,needle", [
     (["--config", "colour=blue"], "colour"),
     (["--config", "rounds=0"], "rounds"),
