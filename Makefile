@@ -4,11 +4,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 CORES ?= 2
-# Threads of each generation job: half the cores, so that two jobs run side by side. A job does not use its
-# threads fully (per-op Python work, memory-bound attention): on 2 cores two 1-thread jobs did the work of
-# two 2-thread jobs one after the other in 0.81 of the time (benchmarks/README.md, "What else was measured").
-GENERATE_THREADS ?= $(shell echo $$(( $(CORES) / 2 > 1 ? $(CORES) / 2 : 1 )))
+# Threads of each generation job; empty: the workflow's (cluster.generate_cpus, capped at CORES), one job at a time.
+# GENERATE_THREADS=1 on 2 cores runs two jobs side by side: 0.81-0.90 of the time where the two overlap, but Snakemake
+# may start the longest job last and finish it alone on one core (benchmarks/README.md, "What else was measured").
+GENERATE_THREADS ?=
 DATA_MIRROR ?=
+# more Snakemake options, e.g. SNAKEMAKE_ARGS='-n' (start with an option: after --set-threads or --config a bare word
+# is read as one of their values)
 SNAKEMAKE_ARGS ?=
 
 STAMP := $(VENV)/.installed
@@ -26,10 +28,10 @@ $(STAMP): requirements.lock pyproject.toml
 setup: $(STAMP)
 
 paper: $(STAMP)
-	$(VENV)/bin/snakemake --cores $(CORES) report/paper_figures.pdf --set-threads generate=$(GENERATE_THREADS) $(if $(DATA_MIRROR),--config data_mirror=$(abspath $(DATA_MIRROR))) $(SNAKEMAKE_ARGS)
+	$(VENV)/bin/snakemake --cores $(CORES) report/paper_figures.pdf $(if $(GENERATE_THREADS),--set-threads generate=$(GENERATE_THREADS)) $(if $(DATA_MIRROR),--config data_mirror=$(abspath $(DATA_MIRROR))) $(SNAKEMAKE_ARGS)
 
 report: paper
-	$(VENV)/bin/snakemake --cores $(CORES) report/paper_figures.pdf --set-threads generate=$(GENERATE_THREADS) --report report/report.html $(if $(DATA_MIRROR),--config data_mirror=$(abspath $(DATA_MIRROR)))
+	$(VENV)/bin/snakemake --cores $(CORES) report/paper_figures.pdf $(if $(GENERATE_THREADS),--set-threads generate=$(GENERATE_THREADS)) --report report/report.html $(if $(DATA_MIRROR),--config data_mirror=$(abspath $(DATA_MIRROR)))
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
