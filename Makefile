@@ -4,7 +4,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 CORES ?= 2
-# Threads of each generation job; empty: the workflow's (cluster.generate_cpus, capped at CORES), one job at a time.
+# Threads of each generation job; empty: the workflow's, min(CORES, cluster.generate_cpus), so one job at a time on up
+# to 8 cores.
 # GENERATE_THREADS=1 on 2 cores runs two jobs side by side: 0.81-0.90 of the time where the two overlap, but Snakemake
 # may start the longest job last and finish it alone on one core (benchmarks/README.md, "What else was measured").
 GENERATE_THREADS ?=
