@@ -140,12 +140,10 @@ def generate(
     fmt = prompt_format(spec, tok)
     dialogue = registry.data["dialogue"]
     backend.stop_strings = (dialogue["separator"] + dialogue["human"],) if fmt == "base" else ()
-    if isinstance(conditions, str):
-        raise TypeError(f"conditions is a list of condition names, got the string {conditions!r}")
-    conditions = tuple(conditions)
-    info = JobInfo(name, revision, backend_name, fmt, device, benchmark, conditions)
-    key = job_key(task.item_ids(examples), settings, info, registry.group_texts_hash(conditions, benchmark), model_cfg)
     job = Job(task, conditions, registry, lambda c: render(c, fmt, dialogue, tok, spec.system_prompt), settings)
+    info = JobInfo(name, revision, backend_name, fmt, device, benchmark, job.conditions)
+    key = job_key(task.item_ids(examples), settings, info, registry.group_texts_hash(job.conditions, benchmark),
+                  model_cfg)
 
     table = annotate(run_sharded(examples, Path(shard_dir), settings.shard_size, key,
                                  lambda chunk: run_rounds(backend, job, chunk)), info)
@@ -156,7 +154,7 @@ def generate(
         "resolved_revision": revision if loaded else getattr(getattr(model, "config", None), "_commit_hash", None),
         "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or platform.machine(),
         "dtype": str(model.dtype) if model is not None else spec.dtype, "prompt_format": fmt, "benchmark": benchmark,
-        "conditions": list(conditions), "computed_as": _computed_as(job), "rounds": settings.rounds,
+        "conditions": list(job.conditions), "computed_as": _computed_as(job), "rounds": settings.rounds,
         "answer_modes": list(settings.answer_modes),
         "n_examples": len(examples), "n_rows": len(table), "wall_seconds": round(time.perf_counter() - t0, 2),
         "threads": threads, "torch": torch.__version__, "shard_key": key,

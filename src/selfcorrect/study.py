@@ -66,7 +66,8 @@ class Job:
 
     def __post_init__(self):
         if isinstance(self.conditions, str) or not self.conditions:
-            raise TypeError(f"a job's conditions are a non-empty tuple of names, got {self.conditions!r}")
+            raise TypeError(f"a job's conditions are a non-empty sequence of names, got {self.conditions!r}")
+        object.__setattr__(self, "conditions", tuple(self.conditions))
         kinds = {bool(self.registry.condition(c).get("cot", False)) for c in self.conditions}
         if len(kinds) != 1:
             raise ValueError(f"one job runs conditions with the same stages; {list(self.conditions)} mix CoT and "
