@@ -168,7 +168,8 @@ class Registry:
         cluster to run side by side).
         """
         # in the registry's order: reordering the config's `conditions:` changes no job
-        names = [n for n in self.names if n in set(self.conditions_for(benchmark, names))]
+        wanted = set(self.conditions_for(benchmark, names))
+        names = [n for n in self.names if n in wanted]
         if not group:
             return {n: [n] for n in names}
         cot = self.cot_conditions(names)
