@@ -101,6 +101,7 @@ SET = {
     # the cluster's account, GPU type and CPUs reach Slurm through resources (tests/test_cluster.py, with a fake
     # sbatch); here: the override reaches the config every job is given
     "cluster.generate_cpus": ("6", 6, ("paper_figures", "params", "study", "cluster", "generate_cpus")),
+    "cluster.generate_processes": ("3", 3, ("paper_figures", "params", "study", "cluster", "generate_processes")),
     "cluster.gpu_constraint": ("h100", "h100", ("paper_figures", "params", "study", "cluster", "gpu_constraint")),
     "cluster.gpu_model": ("a100", "a100", ("paper_figures", "params", "study", "cluster", "gpu_model")),
     "cluster.slurm_account": ("proj42", "proj42", ("paper_figures", "params", "study", "cluster", "slurm_account")),

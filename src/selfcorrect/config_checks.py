@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 from .conditions import JOB_GROUPS, Registry, RegistryError
 from .paths import DEFAULT_CONFIG, SCHEMA_FILE
@@ -173,7 +174,7 @@ def _from_text(text: str, schema: dict):
     types = _schema_types(schema)
     if not types:
         return text
-    if "string" in types:
+    if "string" in types and not ("pattern" in schema and types - {"string"} and not re.search(schema["pattern"], text)):
         # `--config data_mirror=null` means null, as `data_mirror: null` does in a file
         return None if "null" in types and text in _YAML_NULLS else text
     import yaml

@@ -11,6 +11,7 @@ import logging
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +20,7 @@ from . import data
 from .conditions import Registry
 from .io import write_json, write_parquet
 from .models import ModelSpec, load_model, materialize, prompt_format
-from .study import Job, JobInfo, Settings, annotate, job_key, run_rounds, run_sharded
+from .study import Job, JobInfo, Settings, Shards, annotate, job_key, run_rounds
 from .tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -104,27 +105,42 @@ def loaded_weights(weights_record: str | None) -> dict:
     return json.loads(Path(weights_record).read_text()) if weights_record else {}
 
 
-def generate(
-    name: str, model_cfg: dict, benchmark: str, conditions: list[str], samples: str, study: dict, out: str,
-    meta_out: str, shard_dir: str, local_model_dir: str | None = None, threads: int = 1,
-    weights_record: str | None = None,
-) -> None:
-    """One (model, benchmark, group of conditions) job: every condition and round, sharded and resumable, one table
-    out (its ``condition`` column names each row's condition).
+@dataclass
+class LoadedJob:
+    """One generation job with its model loaded: what each of the job's processes needs to compute shards."""
 
-    ``study`` holds the config keys generation depends on: rounds, answer_modes, generation, seed. A hub model
-    loads from the snapshot its ``weights_record`` names, offline, and its rows and shard key carry that commit.
+    spec: ModelSpec
+    backend: object
+    tok: object
+    device: str
+    model: object  # None for vLLM
+    job: Job
+    info: JobInfo
+    key: str  # the shard key
+    examples: pd.DataFrame
+    settings: Settings
+    revision: str | None
+    loaded: dict  # the weights rule's record of a hub model; {} for other models
+    backend_name: str
+    fmt: str
+
+    def run(self, chunk: pd.DataFrame) -> pd.DataFrame:
+        return run_rounds(self.backend, self.job, chunk)
+
+    def shards(self, shard_dir: str) -> Shards:
+        return Shards(Path(shard_dir), len(self.examples), self.settings.shard_size, self.key)
+
+
+def load_job(name: str, model_cfg: dict, benchmark: str, conditions: list[str], samples: str, study: dict,
+             local_model_dir: str | None = None, weights_record: str | None = None) -> LoadedJob:
+    """Load the model of one (model, benchmark, group of conditions) job and fix what its shards depend on.
+
+    A hub model loads from the snapshot its ``weights_record`` names, offline, and its rows and shard key carry
+    that commit.
     """
-    import os
-
-    import torch
-
     from .config_checks import model_backend
-    from .formats import render, system_prompt_used
+    from .formats import render
 
-    t0 = time.perf_counter()
-    torch.set_num_threads(max(1, threads))
-    torch.manual_seed(study["seed"])
     gcfg = study["generation"]
     spec = ModelSpec.from_config(name, model_cfg)
     backend_name = model_backend(model_cfg, gcfg)
@@ -144,21 +160,60 @@ def generate(
     info = JobInfo(name, revision, backend_name, fmt, device, benchmark, job.conditions)
     key = job_key(task.item_ids(examples), settings, info, registry.group_texts_hash(job.conditions, benchmark),
                   model_cfg)
+    return LoadedJob(spec, backend, tok, device, model, job, info, key, examples, settings, revision, loaded,
+                     backend_name, fmt)
 
-    table = annotate(run_sharded(examples, Path(shard_dir), settings.shard_size, key,
-                                 lambda chunk: run_rounds(backend, job, chunk)), info)
+
+def generate(
+    name: str, model_cfg: dict, benchmark: str, conditions: list[str], samples: str, study: dict, out: str,
+    meta_out: str, shard_dir: str, local_model_dir: str | None = None, threads: int = 1,
+    weights_record: str | None = None, processes: int | str = "auto",
+) -> None:
+    """One (model, benchmark, group of conditions) job: every condition and round, sharded and resumable, one table
+    out (its ``condition`` column names each row's condition).
+
+    ``study`` holds the config keys generation depends on: rounds, answer_modes, generation, seed. ``processes``
+    (``cluster.generate_processes``): on CPU, how many processes share the job's ``threads`` and its shards
+    (:mod:`selfcorrect.job_processes`); it changes nothing but the work.
+    """
+    import torch
+
+    from . import job_processes
+    from .formats import system_prompt_used
+
+    t0 = time.perf_counter()
+    threads = max(1, int(threads))
+    torch.set_num_threads(threads)
+    torch.manual_seed(study["seed"])
+    call = dict(name=name, model_cfg=model_cfg, benchmark=benchmark, conditions=list(conditions), samples=samples,
+                study=study, local_model_dir=local_model_dir, weights_record=weights_record)
+    lj = load_job(**call)
+    shards = lj.shards(shard_dir)
+    shards.log_reused()
+    split = job_processes.plan(processes, lj.device, threads, job_processes.weight_bytes(lj.model),
+                               len(shards.missing()))
+    if len(split) == 1:
+        shards.fill(lj.examples, lj.run)
+    else:
+        torch.set_num_threads(split[0])
+        with job_processes.helpers(call, split, lj.key, shards):
+            shards.fill(lj.examples, lj.run, claim=True, who=f" (process 1/{len(split)})")
+    table = annotate(shards.read(), lj.info)
     write_parquet(table, out)
+    model, job, settings, spec = lj.model, lj.job, lj.settings, lj.spec
     write_json({
-        "model": name, "path": spec.path, "revision": spec.revision, "backend": backend_name, "device": device,
+        "model": name, "path": spec.path, "revision": spec.revision, "backend": lj.backend_name, "device": lj.device,
         # the commit the weights rule fetched and this job loaded (the rows and the shard key carry it too)
-        "resolved_revision": revision if loaded else getattr(getattr(model, "config", None), "_commit_hash", None),
-        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or platform.machine(),
-        "dtype": str(model.dtype) if model is not None else spec.dtype, "prompt_format": fmt, "benchmark": benchmark,
+        "resolved_revision": lj.revision if lj.loaded else getattr(getattr(model, "config", None), "_commit_hash", None),
+        "device_name": torch.cuda.get_device_name(0) if lj.device.startswith("cuda") else platform.processor() or platform.machine(),
+        "dtype": str(model.dtype) if model is not None else spec.dtype, "prompt_format": lj.fmt, "benchmark": benchmark,
         "conditions": list(job.conditions), "computed_as": _computed_as(job), "rounds": settings.rounds,
         "answer_modes": list(settings.answer_modes),
-        "n_examples": len(examples), "n_rows": len(table), "wall_seconds": round(time.perf_counter() - t0, 2),
-        "threads": threads, "torch": torch.__version__, "shard_key": key,
-        "system_prompt_used": system_prompt_used(tok, spec.system_prompt, fmt),
+        "n_examples": len(lj.examples), "n_rows": len(table), "wall_seconds": round(time.perf_counter() - t0, 2),
+        # the threads of each process that computed this run's missing shards (shards reused from an earlier run
+        # may come from another split: the determinism note on the methods page)
+        "threads": threads, "threads_per_process": split, "torch": torch.__version__, "shard_key": lj.key,
+        "system_prompt_used": system_prompt_used(lj.tok, spec.system_prompt, lj.fmt),
         "max_new_tokens": settings.max_new_tokens, "cot_max_new_tokens": settings.cot_max_new_tokens,
         # per condition: the share of its generated texts that the token limit ended
         "share_reasoning_reached_limit": _shares(table, "reasoning_reached_limit"),

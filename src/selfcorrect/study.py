@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -194,27 +195,81 @@ def _reached_limit(text) -> bool | None:
     return None if text is None else bool(getattr(text, "reached_limit", False))
 
 
+class Shards:
+    """A job's resumable shards: shard s holds the rows of examples [s·size, (s+1)·size), in a file named by the job
+    key, written atomically, so a killed job resumes at its unfinished shards.
+
+    Several processes of one job (:mod:`selfcorrect.job_processes`) can fill them: a process claims a shard (creates
+    a ``.claim`` file beside it, which fails if another process has) before computing it, so no shard is computed
+    twice. Claims live as long as the job; :meth:`release_claims` clears them, also the stale ones of a killed run.
+    """
+
+    def __init__(self, shard_dir: Path, n_examples: int, size: int, key: str):
+        self.dir, self.size, self.key = Path(shard_dir), int(size), key
+        self.n = max(1, -(-n_examples // self.size))
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, s: int) -> Path:
+        return self.dir / f"shard-{s:05d}-of-{self.n:05d}-{self.key}.parquet"
+
+    def _claim_path(self, s: int) -> Path:
+        return self.path(s).with_suffix(".claim")
+
+    def missing(self) -> list[int]:
+        return [s for s in range(self.n) if not self.path(s).exists()]
+
+    def log_reused(self) -> None:
+        for s in range(self.n):
+            if self.path(s).exists():
+                log.info("shard %d/%d already done: %s", s + 1, self.n, self.path(s).name)
+
+    def claim(self, s: int) -> bool:
+        """True for the one process that claims shard ``s`` first (O_EXCL: atomic on a local or NFSv3+ filesystem)."""
+        try:
+            os.close(os.open(self._claim_path(s), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            return False
+        return True
+
+    def release_claims(self) -> None:
+        for s in range(self.n):
+            self._claim_path(s).unlink(missing_ok=True)
+
+    def fill(self, examples: pd.DataFrame, run: Callable[[pd.DataFrame], pd.DataFrame], claim: bool = False,
+             stop: Callable[[], bool] = lambda: False, who: str = "") -> int:
+        """Compute the missing shards with ``run`` (with ``claim``: only those this process claims first), until
+        ``stop()`` says to; how many this process computed."""
+        done = 0
+        for s in range(self.n):
+            if stop():
+                break
+            path = self.path(s)
+            if path.exists() or (claim and not self.claim(s)):
+                continue
+            t0 = time.perf_counter()
+            part = run(examples.iloc[s * self.size:(s + 1) * self.size])
+            write_parquet(part, path)
+            log.info("shard %d/%d: %d rows in %.1fs%s", s + 1, self.n, len(part), time.perf_counter() - t0, who)
+            done += 1
+        return done
+
+    def read(self) -> pd.DataFrame:
+        """Every shard's rows, in example order; all must be there."""
+        missing = self.missing()
+        if missing:
+            raise RuntimeError(f"shards {[s + 1 for s in missing]} of {self.n} in {self.dir} are not computed")
+        return pd.concat([pd.read_parquet(self.path(s)) for s in range(self.n)], ignore_index=True)
+
+
 def run_sharded(
     examples: pd.DataFrame, shard_dir: Path, shard_size: int, key: str,
     run: Callable[[pd.DataFrame], pd.DataFrame],
 ) -> pd.DataFrame:
-    """Apply ``run`` shard by shard, reusing shards already on disk for the same ``key``."""
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    n_shards = max(1, -(-len(examples) // shard_size))
-    parts = []
-    for s in range(n_shards):
-        chunk = examples.iloc[s * shard_size:(s + 1) * shard_size]
-        path = shard_dir / f"shard-{s:05d}-of-{n_shards:05d}-{key}.parquet"
-        if path.exists():
-            log.info("shard %d/%d already done: %s", s + 1, n_shards, path.name)
-            parts.append(pd.read_parquet(path))
-            continue
-        t0 = time.perf_counter()
-        part = run(chunk)
-        write_parquet(part, path)
-        log.info("shard %d/%d: %d rows in %.1fs", s + 1, n_shards, len(part), time.perf_counter() - t0)
-        parts.append(part)
-    return pd.concat(parts, ignore_index=True)
+    """Apply ``run`` shard by shard in this process, reusing shards already on disk for the same ``key``."""
+    shards = Shards(shard_dir, len(examples), shard_size, key)
+    shards.log_reused()
+    shards.fill(examples, run)
+    return shards.read()
 
 
 @dataclass(frozen=True)

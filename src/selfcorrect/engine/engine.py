@@ -38,6 +38,7 @@ class Engine:
     carry_kv_between_rounds: bool = True
     stop_strings: tuple[str, ...] = ()
     progress: bool = True
+    progress_label: str = ""  # before each progress bar's label: which process of a job (job_processes)
     min_shared: int = 8  # the fewest tokens a shared prefix of the prefix tree holds
     # the most levels of the prefix tree: a study's prompts share a system prompt, a context (BBQ's ambiguous
     # context is the start of its disambiguated one), a question with its options, and under the conditions of one
@@ -110,7 +111,7 @@ class Engine:
 
         order = sorted(range(len(items)), key=lambda i: sort_keys[i])
         self._sizer.limit = self.batch_size
-        bar = tqdm(total=len(items), desc=desc, disable=not self.progress, unit="seq", mininterval=2.0)
+        bar = tqdm(total=len(items), desc=f"{self.progress_label}{desc}", disable=not self.progress, unit="seq", mininterval=2.0)
         try:
             return batching.run_batched(items, order, fn, self._sizer,
                                         lambda idx: self.planned_rows(max(lengths[i] for i in idx), room, carried),

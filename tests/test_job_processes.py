@@ -1,0 +1,209 @@
+"""A CPU generation job split over processes (selfcorrect.job_processes): the split changes nothing but the work."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from selfcorrect import data, job_processes
+from selfcorrect.job_processes import AUTO_MAX_WEIGHT_BYTES, HelperFailed, plan
+from selfcorrect.pipeline import sample
+from selfcorrect.study import Shards
+
+SMALL, LARGE = 540_000_000, AUTO_MAX_WEIGHT_BYTES + 1
+
+
+@pytest.mark.parametrize("setting, device, threads, weights, missing, expected", [
+    ("auto", "cpu", 2, SMALL, 4, [1, 1]),       # the offline study: SmolLM2-135M, 2 cores
+    ("auto", "cpu", 8, SMALL, 4, [4, 4]),
+    ("auto", "cpu", 3, SMALL, 4, [2, 1]),       # the odd thread goes to the first process
+    ("auto", "cpu", 1, SMALL, 4, [1]),          # one thread cannot be split
+    ("auto", "cpu", 2, SMALL, 1, [2]),        # one shard left: one process with both threads
+    ("auto", "cpu", 2, SMALL, 0, [2]),          # every shard reused
+    ("auto", "cpu", 8, LARGE, 4, [8]),          # a large model keeps one process (and one copy of its weights)
+    ("auto", "cuda", 8, SMALL, 4, [8]),         # a GPU job keeps one process
+    ("auto", "cuda:1", 8, 0, 4, [8]),
+    (1, "cpu", 2, SMALL, 4, [2]),
+    (4, "cpu", 8, LARGE, 4, [2, 2, 2, 2]),      # asked for: also for a large model
+    (4, "cpu", 8, SMALL, 3, [3, 3, 2]),         # no more processes than shards to compute
+    (3, "cuda", 8, SMALL, 4, [8]),
+])
+def test_plan_splits_a_jobs_threads(setting, device, threads, weights, missing, expected):
+    assert plan(setting, device, threads, weights, missing) == expected
+    assert sum(expected) == threads
+
+
+@pytest.mark.parametrize("bad", [0, -1, "two", True, 1.5, None])
+def test_plan_names_a_bad_setting(bad):
+    with pytest.raises(ValueError, match="cluster.generate_processes is .*auto or a whole number"):
+        plan(bad, "cpu", 2, SMALL, 4)
+
+
+def test_a_shard_is_claimed_once_and_claims_are_released(tmp_path):
+    a, b = Shards(tmp_path, 7, 2, "k1"), Shards(tmp_path, 7, 2, "k1")
+    assert a.n == 4 and a.missing() == [0, 1, 2, 3]
+    assert a.claim(1) and not b.claim(1) and not a.claim(1)
+    assert b.claim(2)
+    a.release_claims()
+    assert b.claim(1) and b.claim(2)
+    # another job's claims (another key) are its own
+    assert Shards(tmp_path, 7, 2, "k2").claim(1)
+
+
+def test_processes_that_claim_compute_every_shard_once(tmp_path):
+    examples = pd.DataFrame({"x": range(7)})
+    seen = []
+
+    def run(chunk):
+        seen.append(list(chunk["x"]))
+        return chunk.assign(y=chunk["x"] * 2)
+
+    first, second = Shards(tmp_path, 7, 2, "k"), Shards(tmp_path, 7, 2, "k")
+    second.claim(0), second.claim(2)  # another process is on shards 1 and 3
+    assert first.fill(examples, run, claim=True) == 2
+    assert seen == [[2, 3], [6]]
+    with pytest.raises(RuntimeError, match=r"shards \[1, 3\] of 4 .* are not computed"):
+        first.read()
+    # the claims hold until released: the other process computes its own shards, none twice
+    assert second.fill(examples, run, claim=True) == 0
+    second.release_claims()
+    assert second.fill(examples, run, claim=True) == 2
+    assert seen == [[2, 3], [6], [0, 1], [4, 5]]
+    pd.testing.assert_frame_equal(first.read(), examples.assign(y=examples["x"] * 2))
+
+
+def test_fill_stops_claiming_when_told(tmp_path):
+    examples = pd.DataFrame({"x": range(6)})
+    shards = Shards(tmp_path, 6, 2, "k")
+    calls = []
+    assert shards.fill(examples, lambda c: c, claim=True, stop=lambda: len(calls.append(1) or calls) > 1) == 1
+    assert shards.missing() == [1, 2]
+
+
+JOB = """
+import sys, json, logging
+logging.basicConfig(level=logging.INFO)
+from selfcorrect.pipeline import generate
+a = json.loads(sys.argv[1])
+generate('tiny', {'path': a['model'], 'format': 'chat'}, 'bbq', ['baseline', 'instruction'], a['samples'], a['cfg'],
+         a['out'], a['meta'], a['shards'], threads=a['threads'], processes=a['processes'])
+"""
+
+
+_ARGS_CFG = {"rounds": 2, "answer_modes": ["generate", "logprob"], "seed": 1,
+             "generation": {"backend": "transformers", "device": "cpu", "batch_size": 2, "max_new_tokens": 12,
+                            "cot_max_new_tokens": 8, "shard_size": 2, "carry_kv_between_rounds": True,
+                            "prefix_tree_prefill": True}}
+
+
+def _run_job(tmp: Path, model: Path, samples: Path, threads: int, processes) -> subprocess.CompletedProcess:
+    args = {"model": str(model), "samples": str(samples), "out": str(tmp / "out.parquet"),
+            "meta": str(tmp / "out.meta.json"), "shards": str(tmp / "shards"), "threads": threads,
+            "processes": processes, "cfg": _ARGS_CFG}
+    return subprocess.run([sys.executable, "-c", JOB, json.dumps(args)], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_table_one_process_writes(tmp_path, tiny_model, bbq_paths):
+    table = tmp_path / "bbq.parquet"
+    data.load_bbq(bbq_paths[:2]).to_parquet(table)
+    samples = tmp_path / "samples.parquet"
+    sample("bbq", str(table), {"categories": ["Age", "Disability_status"], "sample_per_cell": 1, "seed": 3}, str(samples))
+
+    one = _run_job(tmp_path / "one", tiny_model, samples, threads=1, processes="auto")
+    assert one.returncode == 0, one.stderr
+    two = _run_job(tmp_path / "two", tiny_model, samples, threads=2, processes=2)
+    assert two.returncode == 0, two.stderr
+
+    # two processes of one thread each (the one-process run had one thread too: the same arithmetic)
+    assert json.loads((tmp_path / "two" / "out.meta.json").read_text())["threads_per_process"] == [1, 1]
+    assert json.loads((tmp_path / "one" / "out.meta.json").read_text())["threads_per_process"] == [1]
+    assert "2 processes share this job's 4 missing shards, with 1+1 threads" in two.stderr
+    computed = [line for line in two.stderr.splitlines() if " rows in " in line]
+    # 8 examples in shards of 2: each computed once, by one process or the other (which one is a race)
+    assert len(computed) == 4 and all("(process 1/2)" in x or "(process 2/2)" in x for x in computed), computed
+    assert not list((tmp_path / "two" / "shards").glob("*.claim"))
+    assert not list((tmp_path / "two" / "shards").glob("processes-*.json"))
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "one" / "out.parquet"),
+                                  pd.read_parquet(tmp_path / "two" / "out.parquet"))
+
+    # a helper alone (no parent racing it for shards) computes the shards it is given as the job's own process did
+    shards = tmp_path / "one" / "shards"
+    first = sorted(shards.glob("shard-*.parquet"))
+    assert len(first) == 4
+    kept = {p.name: pd.read_parquet(p) for p in first}
+    for p in first[1::2]:
+        p.unlink()
+    spec = shards / "processes-test.json"
+    call = {"name": "tiny", "model_cfg": {"path": str(tiny_model), "format": "chat"}, "benchmark": "bbq",
+            "conditions": ["baseline", "instruction"], "samples": str(samples),
+            "study": json.loads(json.dumps(_ARGS_CFG)), "local_model_dir": None, "weights_record": None}
+    key = json.loads((tmp_path / "one" / "out.meta.json").read_text())["shard_key"]
+    spec.write_text(json.dumps({"call": call, "key": key, "shard_dir": str(shards)}))
+    helper = subprocess.run([sys.executable, "-m", "selfcorrect.job_processes", str(spec), "1", "2/2", str(os.getpid())],
+                            capture_output=True, text=True, timeout=600)
+    assert helper.returncode == 0, helper.stderr
+    assert helper.stderr.count(" rows in ") == 2 and "[process 2/2]" in helper.stderr
+    for name, rows in kept.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(shards / name), rows)
+
+
+def test_a_failed_helper_is_reported_with_its_process_and_the_fix(tmp_path, capfd):
+    shards = Shards(tmp_path / "shards", 4, 2, "k")
+    call = {"name": "tiny", "model_cfg": {"path": str(tmp_path / "no-such-model"), "format": "chat"},
+            "benchmark": "bbq", "conditions": ["baseline"], "samples": str(tmp_path / "no-samples.parquet"),
+            "study": {"rounds": 1, "answer_modes": ["logprob"], "seed": 0,
+                      "generation": {"backend": "transformers", "device": "cpu", "batch_size": 2, "max_new_tokens": 4,
+                                     "cot_max_new_tokens": 4, "shard_size": 2, "carry_kv_between_rounds": True,
+                                     "prefix_tree_prefill": True}},
+            "local_model_dir": None, "weights_record": None}
+    with pytest.raises(HelperFailed, match=r"process 2/2 exited with code 1 .*cluster.generate_processes: 1"):
+        with job_processes.helpers(call, [1, 1], "k", shards):
+            pass
+    assert "no-samples.parquet" in capfd.readouterr().err  # the helper's own error went to the log
+    assert not list(shards.dir.glob("*.claim")) and not list(shards.dir.glob("processes-*.json"))
+
+
+def test_an_error_in_the_job_stops_its_helpers(tmp_path, monkeypatch):
+    shards = Shards(tmp_path / "shards", 4, 2, "k")
+    call = {"name": "tiny", "model_cfg": {"path": "x"}, "benchmark": "bbq", "conditions": ["baseline"],
+            "samples": "x", "study": {}, "local_model_dir": None, "weights_record": None}
+    started = []
+
+    def start(*a):
+        # a helper that would run for a minute
+        p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        started.append(p)
+        return p
+
+    monkeypatch.setattr(job_processes, "_start", start)
+    with pytest.raises(KeyError):
+        with job_processes.helpers(call, [1, 1], "k", shards):
+            raise KeyError("the job's own error")
+    assert started and all(p.poll() is not None for p in started)
+    assert not list(shards.dir.glob("processes-*.json"))
+
+
+@pytest.mark.parametrize("value, message", [
+    (0, "`cluster.generate_processes`: 0 is out of range (minimum 1)"),
+    ("two", "`cluster.generate_processes`: 'two' does not match '^auto$'"),
+    (1.5, "`cluster.generate_processes`: 1.5 should be of type ['string', 'integer']"),
+])
+def test_the_schema_names_a_bad_process_count(value, message):
+    from selfcorrect.config_checks import ConfigError, check_schema
+    from selfcorrect.paths import SCHEMA_FILE
+
+    with pytest.raises(ConfigError) as err:
+        check_schema({"benchmarks": ["bbq"], "categories": ["Age"], "conditions": ["baseline"], "rounds": 1,
+                      "answer_modes": ["logprob"], "models": {"m": {"path": "x"}},
+                      "cluster": {"generate_processes": value}}, SCHEMA_FILE)
+    assert message in str(err.value)
+    check_schema({"benchmarks": ["bbq"], "categories": ["Age"], "conditions": ["baseline"], "rounds": 1,
+                  "answer_modes": ["logprob"], "models": {"m": {"path": "x"}},
+                  "cluster": {"generate_processes": "auto"}}, SCHEMA_FILE)
