@@ -174,7 +174,10 @@ def _from_text(text: str, schema: dict):
     types = _schema_types(schema)
     if not types:
         return text
-    if "string" in types and not ("pattern" in schema and types - {"string"} and not re.search(schema["pattern"], text)):
+    # a key that takes a string only of one pattern or another type (generate_processes: auto or a number) reads
+    # `generate_processes=3` as YAML
+    other_type = "pattern" in schema and bool(types - {"string", "null"}) and not re.search(schema["pattern"], text)
+    if "string" in types and not other_type:
         # `--config data_mirror=null` means null, as `data_mirror: null` does in a file
         return None if "null" in types and text in _YAML_NULLS else text
     import yaml

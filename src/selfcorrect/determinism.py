@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from . import MKL_CBWR
 
-CPU = (f"On CPU a generation job is bit-reproducible: run again on the same CPU type with the same thread count and "
-       f"software, it writes identical tables (Intel MKL's Conditional Numerical Reproducibility, MKL_CBWR={MKL_CBWR}, "
-       "is set for every job; without it MKL's results depend on memory alignment and threaded scheduling), as long "
-       "as free memory does not cut its batches (batch sizes are planned from the memory free when the job starts, "
-       "net of what a job running beside it holds). Another CPU type or thread count may change log-probabilities "
-       "in their last digits; shards are reused whatever the thread count, so a job resumed with another thread "
-       "count may combine shards written with both.")
+CPU = (f"On CPU a generation job is bit-reproducible: run again on the same CPU type with the same threads per "
+       f"process and software, it writes identical tables (Intel MKL's Conditional Numerical Reproducibility, "
+       f"MKL_CBWR={MKL_CBWR}, is set for every job; without it MKL's results depend on memory alignment and threaded "
+       "scheduling), as long as free memory does not cut its batches (batch sizes are planned from the memory free "
+       "when the job starts, net of what a job or process running beside it holds). A job of a small model runs as "
+       "processes of one share of its threads each (cluster.generate_processes; each shard is computed by one of "
+       "them, and its .meta.json records threads_per_process). Another CPU type or thread count may change "
+       "log-probabilities in their last digits; shards are reused whatever the thread count, so a job resumed with "
+       "another thread count may combine shards written with both.")
 GPU = ("On GPU the workflow does not make runs bit-reproducible: it does not call "
        "torch.use_deterministic_algorithms or set CUBLAS_WORKSPACE_CONFIG, so cuBLAS and the attention kernels may "
        "choose different algorithms or reduction orders from one run to the next; batch sizes are planned from the "

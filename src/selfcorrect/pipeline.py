@@ -189,6 +189,7 @@ def generate(
                 study=study, local_model_dir=local_model_dir, weights_record=weights_record)
     lj = load_job(**call)
     shards = lj.shards(shard_dir)
+    shards.release_claims()  # a killed run's
     shards.log_reused()
     split = job_processes.plan(processes, lj.device, threads, job_processes.weight_bytes(lj.model),
                                len(shards.missing()))
@@ -196,8 +197,9 @@ def generate(
         shards.fill(lj.examples, lj.run)
     else:
         torch.set_num_threads(split[0])
-        with job_processes.helpers(call, split, lj.key, shards):
-            shards.fill(lj.examples, lj.run, claim=True, who=f" (process 1/{len(split)})")
+        lj.backend.progress_label = f"[1/{len(split)}] "
+        with job_processes.helpers(call, split, lj.key, shards) as running:
+            shards.fill(lj.examples, lj.run, claim=True, stop=running.failed, who=f" (process 1/{len(split)})")
     table = annotate(shards.read(), lj.info)
     write_parquet(table, out)
     model, job, settings, spec = lj.model, lj.job, lj.settings, lj.spec
@@ -210,8 +212,8 @@ def generate(
         "conditions": list(job.conditions), "computed_as": _computed_as(job), "rounds": settings.rounds,
         "answer_modes": list(settings.answer_modes),
         "n_examples": len(lj.examples), "n_rows": len(table), "wall_seconds": round(time.perf_counter() - t0, 2),
-        # the threads of each process that computed this run's missing shards (shards reused from an earlier run
-        # may come from another split: the determinism note on the methods page)
+        # the threads of each process this run started for its missing shards (which process computed a shard is
+        # in the log; shards reused from an earlier run may come from another split: the methods page's determinism note)
         "threads": threads, "threads_per_process": split, "torch": torch.__version__, "shard_key": lj.key,
         "system_prompt_used": system_prompt_used(lj.tok, spec.system_prompt, lj.fmt),
         "max_new_tokens": settings.max_new_tokens, "cot_max_new_tokens": settings.cot_max_new_tokens,

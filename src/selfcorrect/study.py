@@ -201,7 +201,8 @@ class Shards:
 
     Several processes of one job (:mod:`selfcorrect.job_processes`) can fill them: a process claims a shard (creates
     a ``.claim`` file beside it, which fails if another process has) before computing it, so no shard is computed
-    twice. Claims live as long as the job; :meth:`release_claims` clears them, also the stale ones of a killed run.
+    twice. Claims live as long as the job's processes: the job clears them when they end and when it starts (a
+    killed run's).
     """
 
     def __init__(self, shard_dir: Path, n_examples: int, size: int, key: str):
@@ -225,6 +226,8 @@ class Shards:
 
     def claim(self, s: int) -> bool:
         """True for the one process that claims shard ``s`` first (O_EXCL: atomic on a local or NFSv3+ filesystem)."""
+        if not 0 <= s < self.n:
+            raise IndexError(f"shard {s} of a job of {self.n} shards")
         try:
             os.close(os.open(self._claim_path(s), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
         except FileExistsError:
@@ -259,17 +262,6 @@ class Shards:
         if missing:
             raise RuntimeError(f"shards {[s + 1 for s in missing]} of {self.n} in {self.dir} are not computed")
         return pd.concat([pd.read_parquet(self.path(s)) for s in range(self.n)], ignore_index=True)
-
-
-def run_sharded(
-    examples: pd.DataFrame, shard_dir: Path, shard_size: int, key: str,
-    run: Callable[[pd.DataFrame], pd.DataFrame],
-) -> pd.DataFrame:
-    """Apply ``run`` shard by shard in this process, reusing shards already on disk for the same ``key``."""
-    shards = Shards(shard_dir, len(examples), shard_size, key)
-    shards.log_reused()
-    shards.fill(examples, run)
-    return shards.read()
 
 
 @dataclass(frozen=True)
