@@ -153,7 +153,7 @@ def test_variants_that_differ_before_the_pronoun_are_refused():
     sentences = {"male": "The nurse said he was late.", "female": "The nurse said she was late.",
                  "neutral": "A nurse said they were late."}
     with pytest.raises(data.DataError, match="differs before the pronoun"):
-        data._blank_out(sentences)
+        data.winogender._blank_out(sentences)
 
 
 # ---------------------------------------------------------------- 11: the CoT follow-up per benchmark
