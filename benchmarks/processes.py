@@ -3,7 +3,8 @@
     python benchmarks/processes.py WORKDIR [--group answer] [--examples 128] [--threads 2] [--processes 2] [--order one-first]
 
 WORKDIR is a directory where `make paper` (or the workflow) has run: its converted model (resources/models/) and its
-BBQ sample (results/samples/bbq.parquet) are read, nothing in it is written. The job runs on the sample's first
+BBQ sample (results/samples/bbq.parquet) are read, nothing in it is written. The conditions, generation settings and
+model entry are this checkout's config.yaml (its first model), not WORKDIR's. The job runs on the sample's first
 ``--examples`` examples with the config's shard size, each way in a fresh temporary shard directory, model load
 included. Last line: one JSON object (seconds each way, their ratio, whether the two tables are equal).
 """

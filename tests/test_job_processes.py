@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -105,6 +108,15 @@ _ARGS_CFG = {"rounds": 2, "answer_modes": ["generate", "logprob"], "seed": 1,
                             "prefix_tree_prefill": True}}
 
 
+def _samples(tmp: Path, bbq_paths) -> Path:
+    """8 examples (two whole contexts of Age and of Disability_status): 4 shards of 2."""
+    table = tmp / "bbq.parquet"
+    data.load_bbq(bbq_paths[:2]).to_parquet(table)
+    samples = tmp / "samples.parquet"
+    sample("bbq", str(table), {"categories": ["Age", "Disability_status"], "sample_per_cell": 1, "seed": 3}, str(samples))
+    return samples
+
+
 def _run_job(tmp: Path, model: Path, samples: Path, threads: int, processes) -> subprocess.CompletedProcess:
     args = {"model": str(model), "samples": str(samples), "out": str(tmp / "out.parquet"),
             "meta": str(tmp / "out.meta.json"), "shards": str(tmp / "shards"), "threads": threads,
@@ -114,11 +126,7 @@ def _run_job(tmp: Path, model: Path, samples: Path, threads: int, processes) -> 
 
 @pytest.mark.slow
 def test_two_processes_write_the_table_one_process_writes(tmp_path, tiny_model, bbq_paths):
-    table = tmp_path / "bbq.parquet"
-    data.load_bbq(bbq_paths[:2]).to_parquet(table)
-    samples = tmp_path / "samples.parquet"
-    sample("bbq", str(table), {"categories": ["Age", "Disability_status"], "sample_per_cell": 1, "seed": 3}, str(samples))
-
+    samples = _samples(tmp_path, bbq_paths)
     one = _run_job(tmp_path / "one", tiny_model, samples, threads=1, processes="auto")
     assert one.returncode == 0, one.stderr
     two = _run_job(tmp_path / "two", tiny_model, samples, threads=2, processes=2)
@@ -181,23 +189,48 @@ def test_a_failed_helper_is_reported_with_its_process_and_the_fix(tmp_path, capf
                                      "cot_max_new_tokens": 4, "shard_size": 2, "carry_kv_between_rounds": True,
                                      "prefix_tree_prefill": True}},
             "local_model_dir": None, "weights_record": None}
-    computed = []
     with pytest.raises(HelperFailed, match=r"process 2/2 exited with code 1 .*cluster.generate_processes: 1"):
         with job_processes.helpers(call, [1, 1], "k", shards) as running:
+            assert shards.claim(1)
             running.procs["2/2"].wait()
-            # the job's own process stops taking shards once a helper has failed
             assert running.failed()
-            assert shards.fill(pd.DataFrame({"x": range(4)}), computed.append, claim=True, stop=running.failed) == 0
-    assert computed == []
     assert "no-samples.parquet" in capfd.readouterr().err  # the helper's own error went to the log
-    assert not list(shards.dir.iterdir())
+    assert not list(shards.dir.iterdir())  # the claim is released
+
+
+def test_the_job_takes_no_shard_once_a_helper_failed(tmp_path, tiny_model, bbq_paths, monkeypatch):
+    import torch
+
+    from selfcorrect.pipeline import generate
+
+    samples = _samples(tmp_path, bbq_paths)
+
+    class Failed:
+        def failed(self):
+            return True
+
+    @contextlib.contextmanager
+    def helpers(call, split, key, shards):
+        yield Failed()
+        raise HelperFailed("process 2/2 exited with code 1")
+
+    monkeypatch.setattr(job_processes, "helpers", helpers)
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(HelperFailed):
+            generate("tiny", {"path": str(tiny_model), "format": "chat"}, "bbq", ["baseline"], str(samples), _ARGS_CFG,
+                     str(tmp_path / "out.parquet"), str(tmp_path / "meta.json"), str(tmp_path / "shards"), threads=2,
+                     processes=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert not list((tmp_path / "shards").glob("shard-*.parquet"))
 
 
 def _fake_helpers(monkeypatch, code: str) -> list:
     started = []
 
-    def start(job, threads, label):
-        p = subprocess.Popen([sys.executable, "-c", code])
+    def start(threads, label):
+        p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, text=True)
         started.append(p)
         return p
 
@@ -205,12 +238,19 @@ def _fake_helpers(monkeypatch, code: str) -> list:
     return started
 
 
-def test_a_killed_helper_is_named_with_its_signal(tmp_path, monkeypatch):
-    _fake_helpers(monkeypatch, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+@pytest.mark.parametrize("code, message", [
+    ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+     "process 2/2 was killed by signal 9 (out of memory? each process holds a copy of the model)"),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGUSR1)", "process 2/2 was killed by signal 10; "),
+    ("import sys; sys.exit(143)", "process 2/2 was stopped by SIGTERM; "),
+])
+def test_a_killed_helper_is_named_with_its_signal(tmp_path, monkeypatch, code, message):
+    _fake_helpers(monkeypatch, code)
     shards = Shards(tmp_path / "shards", 4, 2, "k")
-    with pytest.raises(HelperFailed, match="process 2/2 was killed by signal 9 .out of memory"):
+    with pytest.raises(HelperFailed) as err:
         with job_processes.helpers({}, [1, 1], "k", shards):
             pass
+    assert message in str(err.value)
 
 
 def test_an_error_in_the_job_stops_its_helpers_and_releases_claims(tmp_path, monkeypatch):
@@ -222,6 +262,21 @@ def test_an_error_in_the_job_stops_its_helpers_and_releases_claims(tmp_path, mon
             raise KeyError("the job's own error")
     assert len(started) == 2 and all(p.poll() is not None for p in started)
     assert not list(shards.dir.iterdir())
+
+
+def test_sigterm_stops_the_helpers_releases_claims_and_restores_the_handler(tmp_path, monkeypatch):
+    started = _fake_helpers(monkeypatch, "import time; time.sleep(60)")
+    shards = Shards(tmp_path / "shards", 4, 2, "k")
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as err:
+        with job_processes.helpers({}, [1, 1], "k", shards):
+            assert shards.claim(0)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+    assert err.value.code == 128 + signal.SIGTERM
+    assert started and all(p.poll() is not None for p in started)
+    assert not list(shards.dir.iterdir())
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 @pytest.mark.parametrize("value, message", [

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from . import MKL_CBWR
 
-CPU = (f"On CPU a generation job is bit-reproducible: run again on the same CPU type with the same threads per "
-       f"process and software, it writes identical tables (Intel MKL's Conditional Numerical Reproducibility, "
+CPU = ("On CPU a generation job is bit-reproducible: run again on the same CPU type with the same threads per "
+       "process and software, it writes identical tables (Intel MKL's Conditional Numerical Reproducibility, "
        f"MKL_CBWR={MKL_CBWR}, is set for every job; without it MKL's results depend on memory alignment and threaded "
        "scheduling), as long as free memory does not cut its batches (batch sizes are planned from the memory free "
        "when the job starts, net of what a job or process running beside it holds). A job of a small model runs as "

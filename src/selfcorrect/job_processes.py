@@ -94,18 +94,28 @@ def _helper_env(threads: int) -> dict[str, str]:
     return env
 
 
-def _start(job: dict, threads: int, label: str) -> subprocess.Popen:
+def _start(threads: int, label: str) -> subprocess.Popen:
     stream = _log_stream()
-    proc = subprocess.Popen([sys.executable, "-m", "selfcorrect.job_processes", str(threads), label, str(os.getpid())],
+    return subprocess.Popen([sys.executable, "-m", "selfcorrect.job_processes", str(threads), label, str(os.getpid())],
                             stdin=subprocess.PIPE, stdout=stream, stderr=stream, env=_helper_env(threads), text=True)
-    proc.stdin.write(json.dumps(job))
-    proc.stdin.close()
-    return proc
+
+
+def _send(proc: subprocess.Popen, job: dict) -> None:
+    """The job, on the helper's stdin; a helper that died before reading it is reported by its exit code."""
+    try:
+        proc.stdin.write(json.dumps(job))
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
 
 
 def _outcome(label: str, code: int) -> str:
+    if code == -signal.SIGKILL:
+        return f"process {label} was killed by signal 9 (out of memory? each process holds a copy of the model)"
     if code < 0:
-        return f"process {label} was killed by signal {-code} (out of memory? each process holds a copy of the model)"
+        return f"process {label} was killed by signal {-code}"
+    if code == 128 + signal.SIGTERM:
+        return f"process {label} was stopped by SIGTERM"
     return f"process {label} exited with code {code} (its error is above in this job's log)"
 
 
@@ -141,12 +151,12 @@ def _sigterm_raises() -> Iterator[None]:
     try:
         previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
+        previous = None
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -163,7 +173,8 @@ def helpers(call: dict, split: list[int], key: str, shards: Shards) -> Iterator[
     with _sigterm_raises():
         try:
             for i, threads in enumerate(split[1:], start=2):
-                running.procs[f"{i}/{n}"] = _start(job, threads, f"{i}/{n}")
+                running.procs[f"{i}/{n}"] = proc = _start(threads, f"{i}/{n}")
+                _send(proc, job)
             log.info("%d processes share this job's %d missing shards, with %s threads", n, len(shards.missing()),
                      "+".join(map(str, split)))
             yield running
