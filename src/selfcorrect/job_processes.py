@@ -3,7 +3,7 @@
 Why: on CPU a small model's decoding step is many short operations, and between its matrix products a process
 spends time in Python, in dispatch and in memory-bound attention, during which its second thread has little to do.
 Two processes of one thread each fill those gaps for each other: on this project's 2-core machine the default
-study's BBQ jobs took 0.90-0.91 of their one-process, two-thread time (benchmarks/README.md). Splitting one job's
+study's BBQ jobs took 0.90-0.96 of their one-process, two-thread time (benchmarks/README.md). Splitting one job's
 shards keeps that gain for whichever job runs (two jobs side by side lose it when one outlasts the other, and
 Snakemake does not order the jobs of one rule), as far as the shards go: with an odd number left, one process
 finishes the last alone.
