@@ -15,7 +15,8 @@ reading the weights once at the measured memory bandwidth and the step's FLOPs a
 
 Prints a table per measurement and, as its last line, one JSON object with speedup_vs_hf_batched_{short,cot},
 speedup_vs_hf_static_{short,cot} (null where not run), speedup_vs_naive_{short,cot}, fraction_of_bound,
-round2_reuse_ratio and exact_agreement (share of prompts whose greedy text equals batched generate's).
+round2_reuse_ratio, engine_oom_retries (batches the engine halved after running out of memory) and exact_agreement
+(share of prompts whose greedy text equals batched generate's).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import contextlib
 import gc
 import json
+import logging
 import os
 import platform
 import sys
@@ -59,6 +61,19 @@ def release(device: str) -> None:
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
+
+
+class OutOfMemoryRetries(logging.Handler):
+    """Counts the engine's out-of-memory retries: ``BatchSizer.failed`` logs one warning per halved batch. A planned
+    batch never needs one (issue 17: "no out-of-memory retry that a plan could have avoided")."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.count = 0
+        logging.getLogger("selfcorrect.engine.memory").addHandler(self)
+
+    def emit(self, record):
+        self.count += "out of memory" in record.getMessage()
 
 
 def best_of_two(engine, prompts, n_new, device, keys=None):
@@ -317,6 +332,7 @@ def main() -> int:
     naive_idx = sorted({round(i * (len(prompts) - 1) / max(naive_n - 1, 1)) for i in range(naive_n)}) if naive_n else []
     naive_n = len(naive_idx)
     engine = Engine(model, tok, device, batch_size=batch, progress=False)
+    retries = OutOfMemoryRetries()
     eos = engine.eos_ids  # the same stop tokens for every method
     device_name = torch.cuda.get_device_name(0) if gpu else platform.processor() or platform.machine()
     print(f"device={device} ({device_name}), model={source}, params={params / 1e6:.1f}M, dtype={model.dtype}, "
@@ -437,6 +453,7 @@ def main() -> int:
         "weight_gb": round(weight_bytes / 1e9, 3),
         "load_average_1min": [round(load_start, 2), round(os.getloadavg()[0], 2)],  # at the start, at the end
         "round2_reuse_ratio": round(t_warm / t_cold, 3),
+        "engine_oom_retries": retries.count,
         "engine_tokens_per_s": round(max(r["tokens"] / r["engine_s"] for r in results.values()), 1),
         "answer_tokens_mean_short": round(sum(short["lengths"]) / len(short["lengths"]), 2),
         "answer_tokens_mean_cot": round(sum(cot["lengths"]) / len(cot["lengths"]), 2),

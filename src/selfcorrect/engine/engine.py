@@ -111,6 +111,15 @@ class Engine:
 
         order = sorted(range(len(items)), key=lambda i: sort_keys[i])
         self._sizer.limit = self.batch_size
+        if str(self.device).startswith("cuda"):
+            # planned on what is free now: other models, the baselines' compiled graphs and the caches this job
+            # carries take their share (on an H100 at the 7B shape, static-cache generate left less free than at
+            # the engine's start, and round 2 ran out of memory). The carried caches are added back because the
+            # plan counts them itself. On CPU the host's free memory drifts with other processes and would change
+            # batch compositions, and so the outputs' last bits, from run to run: read once, at the start.
+            self._free_bytes = free_memory(self.device) + (self._kv.nbytes() if carried else 0)
+        if groups:
+            groups = self._fitted(items, groups, lengths, room)
         bar = tqdm(total=len(items), desc=f"{self.progress_label}{desc}", disable=not self.progress, unit="seq", mininterval=2.0)
         try:
             return batching.run_batched(items, order, fn, self._sizer,
@@ -118,6 +127,20 @@ class Engine:
                                         self.device, bar, groups)
         finally:
             bar.close()
+
+    def _fitted(self, items: list, groups: list[list[int]], lengths: list[int], room: int) -> list[list[int]]:
+        """The carried batches as large as the memory plan allows: one that has outgrown it (its rows now hold a
+        round more) is divided into consecutive rows of its stored cache (``KVStore.divide``, no copy)."""
+        fitted = []
+        for group in groups:
+            size = self._sizer.size(self.planned_rows(max(lengths[i] for i in group), room, carried=True))
+            if size >= len(group):
+                fitted.append(group)
+                continue
+            where = {items[i].key: i for i in group}
+            fitted += [[where[k] for k in piece] for piece in self._kv.divide(list(where), size)]
+            log.info("carried batch of %d rows divided into pieces of %d for the memory plan", len(group), size)
+        return fitted
 
     def planned_rows(self, prompt_tokens: int, room: int, carried: bool) -> int:
         """How many rows of ``prompt_tokens`` tokens, each appending ``room`` more, a batch can take.

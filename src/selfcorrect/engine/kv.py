@@ -110,6 +110,26 @@ def rows_of(cache, index):
     return out
 
 
+def row_range(cache, start: int, stop: int):
+    """A cache holding rows ``start:stop`` of ``cache``: views, no copy (a growing layer takes a buffer of its own
+    at its first append, since the views are not its buffer's)."""
+    out = copy.copy(cache)
+    out.layers = [copy.copy(layer) for layer in cache.layers]
+    for layer in out.layers:
+        layer.keys, layer.values = layer.keys[start:stop], layer.values[start:stop]
+    return out
+
+
+def storages(cache) -> dict[int, int]:
+    """The device buffers a cache's layers hold, by address: their sizes in bytes (views of one buffer count once)."""
+    found = {}
+    for layer in cache.layers:
+        for t in (layer.keys, layer.values, *(getattr(layer, "_buffers", None) or ())):
+            if t is not None and t.numel():
+                found[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return found
+
+
 def gather_rows(cache, index) -> None:
     """Select (and repeat) batch rows of a KV cache in place."""
     import torch
@@ -162,6 +182,26 @@ class KVStore:
             gather_rows(entry.cache, index)
             mask = mask[index]
         return StoredBatch(list(keys), [entry.ids[i] for i in order], mask, entry.cache)
+
+    def divide(self, keys: list, size: int) -> list[list]:
+        """Store the batch of exactly these examples as consecutive pieces of at most ``size`` rows, in its row
+        order; the pieces' keys. A piece's cache is a view of its rows (``row_range``): dividing copies nothing."""
+        entry = self._batches.pop(frozenset(keys))
+        pieces = []
+        for start in range(0, len(entry.keys), size):
+            stop = start + size
+            piece = entry.keys[start:stop]
+            self._batches[frozenset(piece)] = StoredBatch(piece, entry.ids[start:stop], entry.mask[start:stop],
+                                                          row_range(entry.cache, start, stop))
+            pieces.append(piece)
+        return pieces
+
+    def nbytes(self) -> int:
+        """Device memory the stored caches hold (pieces of one divided batch share its buffers: counted once)."""
+        held = {}
+        for entry in self._batches.values():
+            held.update(storages(entry.cache))
+        return sum(held.values())
 
     def groups(self, keys: list | None) -> list[list[int]] | None:
         """Positions in ``keys`` batched as they were stored, so that each batch finds its cache; None unless

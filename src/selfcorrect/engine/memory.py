@@ -98,12 +98,20 @@ def plan_batch_size(free_bytes: int, kv_bytes_per_token: int, tokens_per_row: in
 
 def free_memory(device) -> int:
     """Bytes that tensors on ``device`` can still take: on CUDA what the driver has free plus what torch's caching
-    allocator holds unused; elsewhere the host's available memory."""
+    allocator holds unused, but no more than this process's cap (``torch.cuda.set_per_process_memory_fraction``)
+    leaves; elsewhere the host's available memory."""
     if str(device).startswith("cuda"):
         import torch
 
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+        free, total = torch.cuda.mem_get_info(device)
+        allocated = torch.cuda.memory_allocated(device)
+        unused = free + torch.cuda.memory_reserved(device) - allocated
+        # the allocator refuses past total x fraction, whatever the driver has free (seen on an H100: a plan that
+        # read only the driver's figure halved a batch seven times under a cap; benchmarks/README.md)
+        get_fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+        if get_fraction is not None:
+            unused = min(unused, int(total * get_fraction(device)) - allocated)
+        return int(max(0, unused))
     import psutil  # a dependency of accelerate, which the generate extra installs
 
     return int(psutil.virtual_memory().available)
