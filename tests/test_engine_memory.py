@@ -184,7 +184,12 @@ def test_kv_store_finds_a_batch_by_its_examples_in_any_order(tiny_model):
     mask = torch.tensor([[1, 1, 1, 1, 1], [0, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
     store = KVStore()
     store.put(["a", "b", "c"], [[1] * 5, [2] * 4, [3] * 3], mask, cache)
-    assert store.groups(["c", "a", "b"]) == [[0, 1, 2]] and store.groups(["a", "z"]) is None
+    # positions in the stored rows' order (a, b, c), so that popping them needs no reordering copy
+    assert store.groups(["c", "a", "b"]) == [[1, 2, 0]] and store.groups(["a", "z"]) is None
+    stored = cache.layers[0].keys.data_ptr()
+    in_order = store.pop(["a", "b", "c"])
+    assert in_order.cache.layers[0].keys.data_ptr() == stored  # the stored cache itself, not a copy
+    store.put(["a", "b", "c"], in_order.ids, in_order.mask, in_order.cache)
     assert store.pop(["a", "b"]) is None  # a batch's cache is found by the same examples only
     got = store.pop(["c", "a", "b"])
     assert got.keys == ["c", "a", "b"] and got.ids == [[3] * 3, [1] * 5, [2] * 4]
@@ -276,3 +281,27 @@ def test_free_memory_on_cuda_stays_under_the_processs_cap(monkeypatch):
     assert memory.free_memory("cuda:0") == 10 * GiB  # 20 GiB allowed, 10 of them allocated
     monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: 0.1)
     assert memory.free_memory("cuda:0") == 0  # already past the cap: nothing, not a negative size
+
+
+def test_gathering_rows_lets_the_old_buffer_go(tiny_model):
+    """A growing layer keeps its buffer for in-place appends; once its rows are gathered (a copy) the buffer must
+    not stay alive beside the copy until the next append: two copies of a 7B batch's cache do not fit."""
+    import gc
+    import weakref
+
+    from transformers import AutoConfig
+
+    from selfcorrect.engine.kv import gather_rows
+
+    cache = new_cache(AutoConfig.from_pretrained(tiny_model), room=4)
+    kv = torch.randn(3, 2, 5, 4)
+    for layer in cache.layers:
+        layer.update(kv, kv)
+    old = weakref.ref(cache.layers[0]._buffers[0])
+    gather_rows(cache, torch.tensor([2, 0]))
+    gc.collect()
+    assert old() is None
+    assert cache.layers[0].keys.shape[0] == 2 and torch.equal(cache.layers[0].keys[1], kv[0])
+    more = torch.randn(2, 2, 1, 4)
+    keys, _ = cache.layers[0].update(more, more)  # appends still work: a fresh buffer with room
+    assert keys.shape == (2, 2, 6, 4) and torch.equal(keys[:, :, -1:], more)

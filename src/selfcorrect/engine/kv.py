@@ -136,6 +136,9 @@ def gather_rows(cache, index) -> None:
 
     for layer in cache.layers:
         layer.keys, layer.values = torch.index_select(layer.keys, 0, index), torch.index_select(layer.values, 0, index)
+        if getattr(layer, "_buffers", None) is not None:
+            # the rows are a copy now: the old buffer would otherwise stay alive beside it until the next append
+            layer._buffers = None
 
 
 class StoredBatch(NamedTuple):
@@ -204,16 +207,18 @@ class KVStore:
         return sum(held.values())
 
     def groups(self, keys: list | None) -> list[list[int]] | None:
-        """Positions in ``keys`` batched as they were stored, so that each batch finds its cache; None unless
+        """Positions in ``keys`` batched as they were stored, so that each batch finds its cache, and ordered as
+        its stored rows, so that ``pop`` copies nothing (a reordered cache is a copy of every layer: at the 7B
+        shape a third copy of the cache beside the stored one and the one the batch grows into); None unless
         every key has a stored cache."""
         if not self._batches or keys is None or None in keys:
             return None
-        where = {k: n for n, key_set in enumerate(self._batches) for k in key_set}
+        where = {k: (n, row) for n, entry in enumerate(self._batches.values()) for row, k in enumerate(entry.keys)}
         if any(k not in where for k in keys):
             return None
         groups: dict[int, list[int]] = {}
-        for i, k in enumerate(keys):
-            groups.setdefault(where[k], []).append(i)
+        for i in sorted(range(len(keys)), key=lambda i: where[keys[i]]):
+            groups.setdefault(where[keys[i]][0], []).append(i)
         return list(groups.values())
 
     def clear(self) -> None:

@@ -110,7 +110,9 @@ def free_memory(device) -> int:
         # read only the driver's figure halved a batch seven times under a cap; benchmarks/README.md)
         get_fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
         if get_fraction is not None:
-            unused = min(unused, int(total * get_fraction(device)) - allocated)
+            index = torch.device(device).index
+            index = torch.cuda.current_device() if index is None else index  # it takes no bare 'cuda'
+            unused = min(unused, int(total * get_fraction(index)) - allocated)
         return int(max(0, unused))
     import psutil  # a dependency of accelerate, which the generate extra installs
 
