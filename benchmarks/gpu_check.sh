@@ -134,7 +134,8 @@ if [ "$mode" = cpu ]; then
 else
   dir=$(shape_dir smollm2-135m) || exit 1
   run_step oom smollm2-135m 60 "$PY" - "$dir" "${data:-}" <<'EOF'
-"""The engine on 256 CoT prompts whose KV cache is three times what a memory cap leaves beside the weights."""
+"""The engine on 128 CoT prompts whose KV cache is three times what a memory cap leaves beside the weights (256 ran
+out of the step's 60 s once the plan read the cap: smaller batches, each 128 launch-bound decode steps)."""
 import argparse
 import json
 import sys
@@ -148,7 +149,7 @@ import generation as g  # noqa: E402
 from selfcorrect.engine import Engine  # noqa: E402
 
 shape, data = sys.argv[1], sys.argv[2]
-args = argparse.Namespace(random_weights=shape, n=256, model_dir=None,
+args = argparse.Namespace(random_weights=shape, n=128, model_dir=None,
                           data=data or str(next((p for p in (Path("resources/data"), Path("../shared/data")) if (p / "bbq").is_dir()), "")))
 model, tok, _ = g.load(args, "cuda")
 _, _, cot, _ = g.prompts_for(args, tok, g.Registry.load())
