@@ -73,7 +73,9 @@ class OutOfMemoryRetries(logging.Handler):
         logging.getLogger("selfcorrect.engine.memory").addHandler(self)
 
     def emit(self, record):
-        self.count += "out of memory" in record.getMessage()
+        if "out of memory" in record.getMessage():
+            self.count += 1
+            print(record.getMessage(), file=sys.stderr)  # still in the log, with its place among the steps
 
 
 def best_of_two(engine, prompts, n_new, device, keys=None):

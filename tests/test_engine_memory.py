@@ -214,27 +214,40 @@ def test_the_engine_is_a_backend_and_forget_drops_its_carried_caches(engine):
         engine.carry_kv_between_rounds = True
 
 
-def test_a_divided_batch_is_views_of_its_stored_cache_and_each_piece_is_found_by_its_examples(tiny_model):
+def test_a_divided_batch_is_stored_as_pieces_each_found_by_its_examples_and_the_stored_cache_let_go(tiny_model):
+    import gc
+    import weakref
+
     from transformers import AutoConfig
 
-    cache = new_cache(AutoConfig.from_pretrained(tiny_model))
+    cache = new_cache(AutoConfig.from_pretrained(tiny_model), room=2)
     rows = torch.arange(5, dtype=torch.float)[:, None, None, None].expand(5, 2, 4, 3).clone()  # row r holds r
     for layer in cache.layers:
-        layer.lazy_initialization(rows, rows)
-        layer.keys, layer.values = rows.clone(), rows.clone()
+        layer.update(rows, rows)  # real growing buffers, with room for in-place appends
+    buffers = [weakref.ref(layer._buffers[0]) for layer in cache.layers]
     mask = torch.ones(5, 4, dtype=torch.long)
     store = KVStore()
     store.put(list("abcde"), [[i] for i in range(5)], mask, cache)
     held = store.nbytes()
-    assert held == 2 * len(cache.layers) * rows.numel() * 4  # keys and values, float32
+    assert held == 2 * len(cache.layers) * 5 * 2 * (4 + 16) * 3 * 4  # keys and values, 4 columns + 16 of room, float32
+    assert not store.holds(list("abcd")) and not store.holds(list("abcdee")) and store.holds(list("ecabd"))
     assert store.divide(list("ecabd"), 2) == [["a", "b"], ["c", "d"], ["e"]]  # the stored row order, not the caller's
-    assert store.nbytes() == held  # nothing copied: the pieces are views of the same buffers
+    del cache, layer
+    gc.collect()
+    assert all(b() is None for b in buffers)  # the stored buffers are let go once their rows are copied
+    assert store.nbytes() == 2 * len(buffers) * 5 * 2 * 4 * 3 * 4  # the pieces hold their rows, no room
     assert store.groups(list("abcde")) == [[0, 1], [2, 3], [4]]
-    piece = store.pop(["d", "c"])
-    assert piece.ids == [[3], [2]] and piece.mask.shape == (2, 4)
-    assert piece.cache.layers[0].keys[:, 0, 0, 0].tolist() == [3, 2]
-    assert store.pop(["e"]).cache.layers[-1].values[:, 0, 0, 0].tolist() == [4]
-    assert cache.layers[0].keys[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4]  # the stored batch's own cache untouched
+    first, middle, last = store.pop(["a", "b"]), store.pop(["d", "c"]), store.pop(["e"])
+    assert middle.ids == [[3], [2]] and middle.mask.shape == (2, 4)
+    assert middle.cache.layers[0].keys[:, 0, 0, 0].tolist() == [3, 2]
+    # appends to one piece (the one at row 0, and a one-row piece) leave the others as they were
+    for piece in (first, last):
+        for layer in piece.cache.layers:
+            new = torch.full((len(piece.keys), 2, 1, 3), 9.0)
+            layer.update(new, new)
+    assert first.cache.layers[0].keys[:, 0, :, 0].tolist() == [[0, 0, 0, 0, 9], [1, 1, 1, 1, 9]]
+    assert last.cache.layers[-1].values[:, 1, :, 2].tolist() == [[4, 4, 4, 4, 9]]
+    assert middle.cache.layers[0].keys.shape == (2, 2, 4, 3) and middle.cache.layers[0].keys[:, :, :, :].unique().tolist() == [2, 3]
 
 
 def test_a_carried_batch_that_outgrew_the_plan_is_divided_and_still_reuses_its_cache(engine, monkeypatch, record):
@@ -283,6 +296,25 @@ def test_free_memory_on_cuda_stays_under_the_processs_cap(monkeypatch):
     assert memory.free_memory("cuda:0") == 0  # already past the cap: nothing, not a negative size
 
 
+def test_free_memory_on_a_bare_cuda_device_asks_the_cap_of_the_current_one(monkeypatch):
+    """torch's get_per_process_memory_fraction rejects a device without an index (seen on an H100): the engine's
+    device is usually plain "cuda"."""
+    import selfcorrect.engine.memory as memory
+
+    def fraction(device=None):
+        if not isinstance(device, int):
+            raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{device}")
+        return {0: 0.5, 1: 0.25}[device]
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (60 * GiB, 80 * GiB))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 10 * GiB)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 10 * GiB)
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", fraction)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert memory.free_memory("cuda") == 10 * GiB  # the current device's cap: 20 GiB, 10 allocated
+    assert memory.free_memory("cuda:0") == 30 * GiB  # 40 GiB allowed on device 0
+
+
 def test_gathering_rows_lets_the_old_buffer_go(tiny_model):
     """A growing layer keeps its buffer for in-place appends; once its rows are gathered (a copy) the buffer must
     not stay alive beside the copy until the next append: two copies of a 7B batch's cache do not fit."""
@@ -305,3 +337,20 @@ def test_gathering_rows_lets_the_old_buffer_go(tiny_model):
     more = torch.randn(2, 2, 1, 4)
     keys, _ = cache.layers[0].update(more, more)  # appends still work: a fresh buffer with room
     assert keys.shape == (2, 2, 6, 4) and torch.equal(keys[:, :, -1:], more)
+
+
+def test_a_call_with_some_of_a_stored_batchs_examples_is_cut_to_the_plan_and_encoded_cold(engine, monkeypatch, record):
+    """Only the examples that stored a batch together find its cache; a group of some of them is still planned."""
+    monkeypatch.setattr(engine, "batch_size", 4)
+    monkeypatch.setattr(engine, "_sizer", BatchSizer(4))
+    three = PROMPTS[:3]
+    cold = engine.generate(three, 4)
+    try:
+        engine.generate(PROMPTS, 4, keys=list(range(len(PROMPTS))))
+        monkeypatch.setattr(engine, "planned_rows", lambda tokens, room, carried: 2)
+        batches = record(engine, "_answer_batch", lambda batch, n: len(batch))
+        got = engine.generate(three, 4, keys=[0, 1, 2])
+        assert engine._kv.holds([0, 1, 2, 3])  # the stored batch of four stays stored, whole
+    finally:
+        engine.forget()
+    assert batches == [2, 1] and got == cold

@@ -51,7 +51,7 @@ class Engine:
     _processed: object = field(default=0, init=False, repr=False)
     _kv: KVStore = field(default_factory=KVStore, init=False, repr=False)
     _sizer: BatchSizer = field(default=None, init=False, repr=False)
-    _free_bytes: int = field(default=0, init=False, repr=False)  # free once the weights are loaded (memory plan)
+    _free_bytes: int = field(default=0, init=False, repr=False)  # for the plan: CPU reads it once, CUDA per call
     _kv_per_token: int | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
@@ -130,15 +130,21 @@ class Engine:
 
     def _fitted(self, items: list, groups: list[list[int]], lengths: list[int], room: int) -> list[list[int]]:
         """The carried batches as large as the memory plan allows: one that has outgrown it (its rows now hold a
-        round more) is divided into consecutive rows of its stored cache (``KVStore.divide``, no copy)."""
+        round more) is divided into consecutive rows of its stored cache (``KVStore.divide``). A group that is not
+        exactly one stored batch (some of its examples, or a key twice) finds no cache anyway: cut into plan-sized
+        runs."""
         fitted = []
         for group in groups:
             size = self._sizer.size(self.planned_rows(max(lengths[i] for i in group), room, carried=True))
             if size >= len(group):
                 fitted.append(group)
                 continue
-            where = {items[i].key: i for i in group}
-            fitted += [[where[k] for k in piece] for piece in self._kv.divide(list(where), size)]
+            keys = [items[i].key for i in group]
+            if self._kv.holds(keys):
+                where = dict(zip(keys, group))
+                fitted += [[where[k] for k in piece] for piece in self._kv.divide(keys, size)]
+            else:
+                fitted += [group[i:i + size] for i in range(0, len(group), size)]
             log.info("carried batch of %d rows divided into pieces of %d for the memory plan", len(group), size)
         return fitted
 

@@ -111,8 +111,8 @@ def rows_of(cache, index):
 
 
 def row_range(cache, start: int, stop: int):
-    """A cache holding rows ``start:stop`` of ``cache``: views, no copy (a growing layer takes a buffer of its own
-    at its first append, since the views are not its buffer's)."""
+    """A cache holding rows ``start:stop`` of ``cache``: views, no copy. A growing layer takes a buffer of its own
+    at its first append because ``_views_of`` compares the rows too (the piece at row 0 has the buffer's address)."""
     out = copy.copy(cache)
     out.layers = [copy.copy(layer) for layer in cache.layers]
     for layer in out.layers:
@@ -186,16 +186,32 @@ class KVStore:
             mask = mask[index]
         return StoredBatch(list(keys), [entry.ids[i] for i in order], mask, entry.cache)
 
+    def holds(self, keys: list) -> bool:
+        """Whether exactly these examples, each once, stored one batch together."""
+        return len(set(keys)) == len(keys) and frozenset(keys) in self._batches
+
     def divide(self, keys: list, size: int) -> list[list]:
         """Store the batch of exactly these examples as consecutive pieces of at most ``size`` rows, in its row
-        order; the pieces' keys. A piece's cache is a view of its rows (``row_range``): dividing copies nothing."""
+        order; the pieces' keys. Each piece gets a copy of its rows, layer by layer, and each stored layer is let go
+        once copied: at most one layer more than the cache is alive (views would keep the whole stored cache alive
+        until the last piece has run: about twice the cache, which the plan does not count)."""
         entry = self._batches.pop(frozenset(keys))
+        bounds = [(start, start + size) for start in range(0, len(entry.keys), size)]
+        caches = [row_range(entry.cache, start, stop) for start, stop in bounds]
+        for n, layer in enumerate(entry.cache.layers):
+            for cache in caches:
+                piece = cache.layers[n]
+                piece.keys, piece.values = piece.keys.clone(), piece.values.clone()
+                if getattr(piece, "_buffers", None) is not None:
+                    piece._buffers = None  # a fresh buffer at the first append, never the stored one
+            layer.keys = layer.values = None
+            if getattr(layer, "_buffers", None) is not None:
+                layer._buffers = None
         pieces = []
-        for start in range(0, len(entry.keys), size):
-            stop = start + size
+        for (start, stop), cache in zip(bounds, caches):
             piece = entry.keys[start:stop]
-            self._batches[frozenset(piece)] = StoredBatch(piece, entry.ids[start:stop], entry.mask[start:stop],
-                                                          row_range(entry.cache, start, stop))
+            self._batches[frozenset(piece)] = StoredBatch(piece, entry.ids[start:stop],
+                                                          entry.mask[start:stop].clone(), cache)
             pieces.append(piece)
         return pieces
 

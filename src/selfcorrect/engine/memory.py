@@ -2,7 +2,8 @@
 mean that a batch did not fit after all.
 
 A batch's memory is dominated by its KV cache: per token, every layer keeps a key and a value vector per KV head.
-Weights are loaded before the engine starts, so what is free then is what the batches and the carried caches share.
+Weights are loaded before the engine starts, so what is free then is what the batches and the carried caches share;
+on CUDA the engine reads it again at every call (other models, compiled graphs and its own carried caches change it).
 """
 
 from __future__ import annotations
@@ -73,11 +74,11 @@ def plan_batch_size(free_bytes: int, kv_bytes_per_token: int, tokens_per_row: in
                     activation_bytes_per_row: int, max_batch: int) -> int:
     """The most rows a batch can take, between 1 and ``max_batch``.
 
-    ``free_bytes`` is the memory free once the weights are loaded. Out of it come first the caches carried
-    between rounds: the caller runs up to ``max_batch`` examples through all their rounds together, and each
-    keeps ``carried_tokens_per_row`` tokens of KV cache for its next stage or round whichever rows are running
-    (0 without carry-over). The rest is shared by the batch's rows, each of which needs ``tokens_per_row``
-    tokens of KV cache (its prompt and answer, and copies the engine makes of them) plus
+    ``free_bytes`` is the memory free for batches and carried caches, the weights loaded. Out of it come first
+    the caches carried between rounds: the caller runs up to ``max_batch`` examples through all their rounds
+    together, and each keeps ``carried_tokens_per_row`` tokens of KV cache for its next stage or round whichever
+    rows are running (0 without carry-over). The rest is shared by the batch's rows, each of which needs
+    ``tokens_per_row`` tokens of KV cache (its prompt and answer, and copies the engine makes of them) plus
     ``activation_bytes_per_row``. At least 1: a row that does not fit is left to fail as out-of-memory.
 
     Example: Llama-2-7B in bfloat16 takes 0.5 MiB of cache per token; on an 80 GB card with 66.5 GB free
