@@ -198,7 +198,6 @@ def run_helper(job: dict, threads: int, label: str, parent: int) -> int:
 
     call, key = job["call"], job["key"]
     torch.set_num_threads(threads)
-    torch.manual_seed(call["study"]["seed"])
     lj = load_job(**call)
     if lj.key != key:
         raise RuntimeError(f"process {label} computed shard key {lj.key}, its parent {key}: the job's inputs "

@@ -136,11 +136,14 @@ def load_job(name: str, model_cfg: dict, benchmark: str, conditions: list[str], 
     """Load the model of one (model, benchmark, group of conditions) job and fix what its shards depend on.
 
     A hub model loads from the snapshot its ``weights_record`` names, offline, and its rows and shard key carry
-    that commit.
+    that commit. Torch's generator is seeded with the study's seed first, in every process that loads the job.
     """
+    import torch
+
     from .config_checks import model_backend
     from .formats import render
 
+    torch.manual_seed(study["seed"])
     gcfg = study["generation"]
     spec = ModelSpec.from_config(name, model_cfg)
     backend_name = model_backend(model_cfg, gcfg)
@@ -184,7 +187,6 @@ def generate(
     t0 = time.perf_counter()
     threads = max(1, int(threads))
     torch.set_num_threads(threads)
-    torch.manual_seed(study["seed"])
     call = dict(name=name, model_cfg=model_cfg, benchmark=benchmark, conditions=list(conditions), samples=samples,
                 study=study, local_model_dir=local_model_dir, weights_record=weights_record)
     lj = load_job(**call)
