@@ -112,10 +112,9 @@ class Engine:
         order = sorted(range(len(items)), key=lambda i: sort_keys[i])
         self._sizer.limit = self.batch_size
         if str(self.device).startswith("cuda"):
-            # planned on what is free now: other models, the baselines' compiled graphs and the caches this job
-            # carries take their share (on an H100 at the 7B shape, static-cache generate left less free than at
-            # the engine's start, and round 2 ran out of memory). The carried caches are added back because the
-            # plan counts them itself. On CPU the host's free memory drifts with other processes and would change
+            # planned on what is free now: other models, compiled graphs (a baseline's static-cache generate) and
+            # the caches this job carries take their share after the engine's start. The carried caches are added
+            # back because the plan counts them itself. On CPU the host's free memory drifts with other processes and would change
             # batch compositions, and so the outputs' last bits, from run to run: read once, at the start.
             self._free_bytes = free_memory(self.device) + (self._kv.nbytes() if carried else 0)
         if groups:

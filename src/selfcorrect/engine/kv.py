@@ -216,7 +216,7 @@ class KVStore:
         return pieces
 
     def nbytes(self) -> int:
-        """Device memory the stored caches hold (pieces of one divided batch share its buffers: counted once)."""
+        """Device memory the stored caches hold (a buffer that several layers or views share counted once)."""
         held = {}
         for entry in self._batches.values():
             held.update(storages(entry.cache))
