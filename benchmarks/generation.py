@@ -266,7 +266,8 @@ def _batched_generate(model, tok, prompts, n_new, batch, device, eos, extra):
             del enc
             release(device)
             batch //= 2
-            print(f"  batched generate out of memory: batch halved to {batch}")
+            method = "static-cache generate" if extra.get("cache_implementation") == "static" else "batched generate"
+            print(f"  {method} out of memory: batch halved to {batch}")
             continue
         for row in ids[:, enc["input_ids"].shape[1]:].tolist():
             answer, n = answer_of(row, eos)

@@ -230,7 +230,7 @@ def test_a_divided_batch_is_stored_as_pieces_each_found_by_its_examples_and_the_
     store.put(list("abcde"), [[i] for i in range(5)], mask, cache)
     held = store.nbytes()
     assert held == 2 * len(cache.layers) * 5 * 2 * (4 + 16) * 3 * 4  # keys and values, 4 columns + 16 of room, float32
-    assert not store.holds(list("abcd")) and not store.holds(list("abcdee")) and store.holds(list("ecabd"))
+    assert store.divisible(list("ecabd")) and not store.divisible(list("abcd")) and not store.divisible(list("abcdee"))
     assert store.divide(list("ecabd"), 2) == [["a", "b"], ["c", "d"], ["e"]]  # the stored row order, not the caller's
     del cache, layer
     gc.collect()
@@ -350,7 +350,47 @@ def test_a_call_with_some_of_a_stored_batchs_examples_is_cut_to_the_plan_and_enc
         monkeypatch.setattr(engine, "planned_rows", lambda tokens, room, carried: 2)
         batches = record(engine, "_answer_batch", lambda batch, n: len(batch))
         got = engine.generate(three, 4, keys=[0, 1, 2])
-        assert engine._kv.holds([0, 1, 2, 3])  # the stored batch of four stays stored, whole
+        assert engine._kv.divisible([0, 1, 2, 3])  # the stored batch of four stays stored, whole
     finally:
         engine.forget()
     assert batches == [2, 1] and got == cold
+
+
+def test_a_stored_batch_with_a_key_twice_or_layers_that_do_not_grow_is_not_divided(tiny_model):
+    from transformers import AutoConfig, DynamicCache
+
+    config = AutoConfig.from_pretrained(tiny_model)
+    kv = torch.zeros(3, 2, 4, 3)
+    store = KVStore()
+    twice = new_cache(config)
+    for layer in twice.layers:
+        layer.update(kv, kv)
+    store.put(["a", "a", "b"], [[1], [1], [2]], torch.ones(3, 4), twice)
+    assert not store.divisible(["a", "b"])  # pieces [a], [a], [b] would give position a twice
+    plain = DynamicCache(config=config)  # layers that may keep per-row state of their own
+    for layer in plain.layers:
+        layer.lazy_initialization(kv, kv)
+        layer.keys, layer.values = kv.clone(), kv.clone()
+    store.put(["c", "d", "e"], [[1], [2], [3]], torch.ones(3, 4), plain)
+    assert not store.divisible(["c", "d", "e"])
+
+
+def test_running_out_of_memory_while_dividing_loses_the_cache_not_the_job(engine, monkeypatch, record):
+    monkeypatch.setattr(engine, "batch_size", 4)
+    monkeypatch.setattr(engine, "_sizer", BatchSizer(4))
+    keys = list(range(len(PROMPTS)))
+    nxt = [p + " Are you sure?" for p in PROMPTS]
+    cold = engine.generate(nxt, 4)
+
+    def no_memory(keys, size):
+        raise RuntimeError(CUDNN)
+
+    try:
+        engine.generate(PROMPTS, 4, keys=keys)
+        monkeypatch.setattr(engine, "planned_rows", lambda tokens, room, carried: 2)
+        monkeypatch.setattr(engine._kv, "divide", no_memory)
+        batches = record(engine, "_answer_batch", lambda batch, n: len(batch))
+        warm = engine.generate(nxt, 4, keys=keys)
+    finally:
+        engine.forget()
+    assert batches == [2, 2] and warm == cold

@@ -44,7 +44,7 @@ def run_batched(items: list, order: list[int], fn: Callable[[list], list], sizer
         else:
             failed = False
         if failed:  # out of the except block, so that the traceback no longer holds the failed batch's tensors
-            _release(device)
+            release(device)
             continue
         sizer.succeeded()
         for i, r in zip(idx, results):
@@ -67,7 +67,7 @@ def pad_left(seqs: list[list[int]], pad_id: int, device):
     return input_ids.to(device), mask.to(device)
 
 
-def _release(device) -> None:
+def release(device) -> None:
     """Hand the failed batch's cached blocks back, so that its halves start from a clean allocator."""
     if str(device).startswith("cuda"):
         import torch

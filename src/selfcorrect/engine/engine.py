@@ -16,7 +16,8 @@ from . import batching
 from .batching import Row
 from .decode import greedy, score_on_cache, sequence_scores
 from .kv import KVStore
-from .memory import PLAN_SHARE, BatchSizer, activation_bytes_per_row, free_memory, kv_bytes_per_token, plan_batch_size
+from .memory import (PLAN_SHARE, BatchSizer, activation_bytes_per_row, free_memory, is_oom, kv_bytes_per_token,
+                     plan_batch_size)
 from .plan import last_token_differs
 from .prefill import prefill
 
@@ -114,8 +115,8 @@ class Engine:
         if str(self.device).startswith("cuda"):
             # planned on what is free now: other models, compiled graphs (a baseline's static-cache generate) and
             # the caches this job carries take their share after the engine's start. The carried caches are added
-            # back because the plan counts them itself. On CPU the host's free memory drifts with other processes and would change
-            # batch compositions, and so the outputs' last bits, from run to run: read once, at the start.
+            # back because the plan counts them itself. On CPU the host's free memory drifts with other processes
+            # and would change batch compositions, and so the outputs' last bits, from run to run: read once.
             self._free_bytes = free_memory(self.device) + (self._kv.nbytes() if carried else 0)
         if groups:
             groups = self._fitted(items, groups, lengths, room)
@@ -138,12 +139,24 @@ class Engine:
             if size >= len(group):
                 fitted.append(group)
                 continue
-            keys = [items[i].key for i in group]
-            if self._kv.holds(keys):
-                where = dict(zip(keys, group))
+            keys, runs = [items[i].key for i in group], [group[i:i + size] for i in range(0, len(group), size)]
+            if not self._kv.divisible(keys):
+                fitted += runs
+                log.info("carried batch of %d rows cut into runs of %d for the memory plan, encoded anew",
+                         len(group), size)
+                continue
+            where = dict(zip(keys, group))
+            try:
                 fitted += [[where[k] for k in piece] for piece in self._kv.divide(keys, size)]
-            else:
-                fitted += [group[i:i + size] for i in range(0, len(group), size)]
+            except RuntimeError as err:
+                # the copies are made when memory is short, outside the batches' retry: the cache is lost, not the job
+                if not is_oom(err, self.device):
+                    raise
+                batching.release(self.device)
+                fitted += runs
+                log.warning("out of memory dividing a carried batch of %d rows: its runs of %d are encoded anew",
+                            len(group), size)
+                continue
             log.info("carried batch of %d rows divided into pieces of %d for the memory plan", len(group), size)
         return fitted
 

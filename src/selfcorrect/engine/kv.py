@@ -186,9 +186,12 @@ class KVStore:
             mask = mask[index]
         return StoredBatch(list(keys), [entry.ids[i] for i in order], mask, entry.cache)
 
-    def holds(self, keys: list) -> bool:
-        """Whether exactly these examples, each once, stored one batch together."""
-        return len(set(keys)) == len(keys) and frozenset(keys) in self._batches
+    def divisible(self, keys: list) -> bool:
+        """Whether exactly these examples, each once, stored one batch together, in a cache whose rows can be
+        divided (every layer a growing one: other layer types may keep per-row state beside their keys)."""
+        entry = self._batches.get(frozenset(keys))
+        return (entry is not None and len(entry.keys) == len(keys) == len(set(keys))
+                and all_growing(entry.cache))
 
     def divide(self, keys: list, size: int) -> list[list]:
         """Store the batch of exactly these examples as consecutive pieces of at most ``size`` rows, in its row
