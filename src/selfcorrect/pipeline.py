@@ -215,7 +215,8 @@ def generate(
         "answer_modes": list(settings.answer_modes),
         "n_examples": len(lj.examples), "n_rows": len(table), "wall_seconds": round(time.perf_counter() - t0, 2),
         # the threads of each process this run started for its missing shards (which process computed a shard is
-        # in the log; shards reused from an earlier run may come from another split: the methods page's determinism note)
+        # in the log; shards reused from an earlier run may come from another split: the methods page's determinism
+        # note)
         "threads": threads, "threads_per_process": split, "torch": torch.__version__, "shard_key": lj.key,
         "system_prompt_used": system_prompt_used(lj.tok, spec.system_prompt, lj.fmt),
         "max_new_tokens": settings.max_new_tokens, "cot_max_new_tokens": settings.cot_max_new_tokens,

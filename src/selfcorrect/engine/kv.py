@@ -102,21 +102,17 @@ def compact(cache, mask, min_saving: float = 0.1):
     return mask.gather(1, index)
 
 
-def rows_of(cache, index):
-    """A cache holding only rows ``index`` of ``cache``, which is left as it is (a stored prefix may be reused)."""
+def _own_layers(cache):
+    """A shallow copy of ``cache`` with layer objects of its own, whose tensors can be replaced without touching it."""
     out = copy.copy(cache)
     out.layers = [copy.copy(layer) for layer in cache.layers]
-    gather_rows(out, index)
     return out
 
 
-def row_range(cache, start: int, stop: int):
-    """A cache holding rows ``start:stop`` of ``cache``: views, no copy. A growing layer takes a buffer of its own
-    at its first append because ``_views_of`` compares the rows too (the piece at row 0 has the buffer's address)."""
-    out = copy.copy(cache)
-    out.layers = [copy.copy(layer) for layer in cache.layers]
-    for layer in out.layers:
-        layer.keys, layer.values = layer.keys[start:stop], layer.values[start:stop]
+def rows_of(cache, index):
+    """A cache holding only rows ``index`` of ``cache``, which is left as it is (a stored prefix may be reused)."""
+    out = _own_layers(cache)
+    gather_rows(out, index)
     return out
 
 
@@ -200,11 +196,11 @@ class KVStore:
         until the last piece has run: about twice the cache, which the plan does not count)."""
         entry = self._batches.pop(frozenset(keys))
         bounds = [(start, start + size) for start in range(0, len(entry.keys), size)]
-        caches = [row_range(entry.cache, start, stop) for start, stop in bounds]
+        caches = [_own_layers(entry.cache) for _ in bounds]
         for n, layer in enumerate(entry.cache.layers):
-            for cache in caches:
+            for (start, stop), cache in zip(bounds, caches):
                 piece = cache.layers[n]
-                piece.keys, piece.values = piece.keys.clone(), piece.values.clone()
+                piece.keys, piece.values = layer.keys[start:stop].clone(), layer.values[start:stop].clone()
                 if getattr(piece, "_buffers", None) is not None:
                     piece._buffers = None  # a fresh buffer at the first append, never the stored one
             layer.keys = layer.values = None
