@@ -444,3 +444,24 @@ def test_a_condition_named_like_a_job_of_grouped_conditions_is_refused(tmp_path)
         check_study(cfg, registry)
     cfg["generation"]["group_conditions"] = False
     check_study(cfg, registry)  # one job per condition: the name is free
+
+
+def test_a_job_shows_one_bar_for_its_conversations_not_one_per_batch(engine, bbq_paths, tiny_model, monkeypatch, capsys):
+    """Batch by batch, each backend call answers one stage of one batch: its own bar would jump from none to all,
+    once per batch and round. The job shows one bar over its conversations instead, and gives the backend its
+    setting back; a backend whose bars are off shows none."""
+    from selfcorrect import data, sampling
+    from selfcorrect.study import run_rounds
+
+    examples = sampling.sample_bbq(data.load_bbq(bbq_paths[:1]), 1, 3)  # one context: its four questions
+    job = _study_job(tiny_model, ["baseline", "instruction"])
+    monkeypatch.setattr(engine, "progress", True)
+    run_rounds(engine, job, examples)  # 8 conversations in batches of 3: three batches, two rounds each
+    shown = capsys.readouterr().err
+    assert "bbq, 2 conditions, 2 rounds" in shown and "8/8" in shown
+    assert "r1 answer" not in shown and "r2 answer" not in shown  # no bar per call
+    assert engine.progress is True
+    monkeypatch.setattr(engine, "progress", False)
+    run_rounds(engine, job, examples)
+    assert capsys.readouterr().err == ""
+    assert engine.progress is False

@@ -13,6 +13,7 @@ the benchmark only through its :class:`~selfcorrect.tasks.Task` and the model on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -120,9 +121,12 @@ def run_rounds(backend, job: Job, examples: pd.DataFrame) -> pd.DataFrame:
     else:
         order = sorted(range(len(units)), key=_batch_order(backend, job, units))
         parts = []
-        for start in range(0, len(order), backend.batch_size):
-            backend.forget()
-            parts.append(_rounds_of(backend, job, [units[i] for i in order[start:start + backend.batch_size]]))
+        with _conversations_bar(backend, job, units) as bar:
+            for start in range(0, len(order), backend.batch_size):
+                backend.forget()
+                batch = [units[i] for i in order[start:start + backend.batch_size]]
+                parts.append(_rounds_of(backend, job, batch))
+                bar.update(len(batch))
         backend.forget()
         out = pd.concat(parts, ignore_index=True)
     out = pd.concat([out[out["condition"] == c].assign(condition=alias) for c, names in computed.items()
@@ -132,6 +136,26 @@ def run_rounds(backend, job: Job, examples: pd.DataFrame) -> pd.DataFrame:
     out["_condition"], out["_rank"] = out["condition"].map(position), out["item_id"].map(rank)
     return (out.sort_values(["_condition", "round", "_rank"], kind="stable").drop(columns=["_condition", "_rank"])
             .reset_index(drop=True))
+
+
+@contextlib.contextmanager
+def _conversations_bar(backend, job: Job, units: list[Unit]):
+    """One progress bar for the conversations of ``units`` (each counted once all its rounds are answered), in
+    place of the backend's bar per call while it is shown: batch by batch, each call answers one stage of one
+    batch, so its bar jumps from none to all and says nothing about the time the job has left."""
+    from tqdm.auto import tqdm
+
+    shown = getattr(backend, "progress", True)
+    desc = f"{getattr(backend, 'progress_label', '')}{job.task.name}, {_names(units)}, {job.settings.rounds} rounds"
+    bar = tqdm(total=len(units), desc=desc, unit="conversation", disable=not shown, mininterval=2.0)
+    if hasattr(backend, "progress"):
+        backend.progress = False
+    try:
+        yield bar
+    finally:
+        bar.close()
+        if hasattr(backend, "progress"):
+            backend.progress = shown
 
 
 def _batch_order(backend, job: Job, units: list[Unit]) -> Callable[[int], object]:
@@ -250,7 +274,9 @@ class Shards:
             if path.exists() or (claim and not self.claim(s)):
                 continue
             t0 = time.perf_counter()
-            part = run(examples.iloc[s * self.size:(s + 1) * self.size])
+            chunk = examples.iloc[s * self.size:(s + 1) * self.size]
+            log.info("shard %d/%d: %d examples%s", s + 1, self.n, len(chunk), who)  # the progress bar below is its
+            part = run(chunk)
             write_parquet(part, path)
             log.info("shard %d/%d: %d rows in %.1fs%s", s + 1, self.n, len(part), time.perf_counter() - t0, who)
             done += 1
