@@ -10,9 +10,20 @@ CORES ?= 2
 # may start the longest job last and finish it alone on one core (benchmarks/README.md, "What else was measured").
 GENERATE_THREADS ?=
 DATA_MIRROR ?=
-# more Snakemake options, e.g. SNAKEMAKE_ARGS='-n' (start with an option: after --set-threads or --config a bare word
-# is read as one of their values)
+# config keys of this run, e.g. CONFIG='sample_per_cell=17 rounds=3': passed in one --config with DATA_MIRROR's
+# data_mirror (Snakemake keeps only the last --config it is given)
+CONFIG ?=
+# more Snakemake options or targets, e.g. SNAKEMAKE_ARGS='-n'; config keys go in CONFIG
 SNAKEMAKE_ARGS ?=
+
+ifneq ($(and $(or $(DATA_MIRROR),$(CONFIG)),$(filter --config --config=% -C,$(SNAKEMAKE_ARGS))),)
+$(error SNAKEMAKE_ARGS holds a --config, which would replace the one that passes DATA_MIRROR and CONFIG (Snakemake keeps only the last): put its keys in CONFIG='key=value ...')
+endif
+
+# SNAKEMAKE_ARGS first: --set-threads and --config read every word up to the next option as theirs
+SNAKEMAKE_RUN = $(VENV)/bin/snakemake --cores $(CORES) report/paper_figures.pdf $(SNAKEMAKE_ARGS) \
+	$(if $(GENERATE_THREADS),--set-threads generate=$(GENERATE_THREADS)) \
+	$(if $(DATA_MIRROR)$(CONFIG),--config $(if $(DATA_MIRROR),data_mirror=$(abspath $(DATA_MIRROR))) $(CONFIG))
 
 STAMP := $(VENV)/.installed
 
@@ -29,10 +40,10 @@ $(STAMP): requirements.lock pyproject.toml
 setup: $(STAMP)
 
 paper: $(STAMP)
-	$(VENV)/bin/snakemake --cores $(CORES) report/paper_figures.pdf $(if $(GENERATE_THREADS),--set-threads generate=$(GENERATE_THREADS)) $(if $(DATA_MIRROR),--config data_mirror=$(abspath $(DATA_MIRROR))) $(SNAKEMAKE_ARGS)
+	$(SNAKEMAKE_RUN)
 
 report: paper
-	$(VENV)/bin/snakemake --cores $(CORES) report/paper_figures.pdf $(if $(GENERATE_THREADS),--set-threads generate=$(GENERATE_THREADS)) --report report/report.html $(if $(DATA_MIRROR),--config data_mirror=$(abspath $(DATA_MIRROR)))
+	$(SNAKEMAKE_RUN) --report report/report.html
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

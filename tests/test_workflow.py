@@ -149,6 +149,45 @@ def test_make_paper_command_gives_generation_jobs_their_threads(cores, generate_
         assert any(f.startswith("resources:") and f"cpus_per_task={threads}," in f for f in job), job
 
 
+def _make_says(target: str, *variables: str) -> subprocess.CompletedProcess:
+    """What ``make TARGET VARIABLES`` would run (make -n; the set-up stamp taken as done)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    return subprocess.run(["make", "-n", "-o", ".venv/.installed", target, *variables], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env=env)
+
+
+def _snakemake_reads(command: str):
+    import shlex
+
+    from snakemake.cli import get_argument_parser
+
+    words = shlex.split(command)
+    assert words[0].endswith("bin/snakemake"), command
+    return get_argument_parser().parse_args(words[1:])
+
+
+@pytest.mark.parametrize("target", ["paper", "report"])
+def test_make_passes_config_keys_with_the_data_mirror_and_options_anywhere(target, tmp_path):
+    """Snakemake keeps only the last --config it is given, and --set-threads and --config take every word up to the
+    next option: make's CONFIG keys go in the --config that carries DATA_MIRROR, and SNAKEMAKE_ARGS may start with
+    a target; config keys in SNAKEMAKE_ARGS, which would drop the data mirror, stop make with the fix named."""
+    proc = _make_says(target, f"DATA_MIRROR={tmp_path}", "CONFIG=sample_per_cell=17 rounds=3", "GENERATE_THREADS=1",
+                      "SNAKEMAKE_ARGS=results/samples/bbq.parquet -n")
+    assert proc.returncode == 0, proc.stderr
+    runs = [line for line in proc.stdout.splitlines() if "bin/snakemake" in line]
+    assert len(runs) == (1 if target == "paper" else 2)
+    for line in runs:
+        args = _snakemake_reads(line)
+        assert args.config == [f"data_mirror={tmp_path}", "sample_per_cell=17", "rounds=3"]
+        assert args.targets == ["report/paper_figures.pdf", "results/samples/bbq.parquet"] and args.dryrun
+        assert list(args.set_threads) == ["generate"]
+    report = _snakemake_reads(runs[-1]).report
+    assert (str(report) if report else None) == ("report/report.html" if target == "report" else None)
+    stopped = _make_says(target, f"DATA_MIRROR={tmp_path}", "SNAKEMAKE_ARGS=--config sample_per_cell=17")
+    assert stopped.returncode != 0 and "CONFIG='key=value ...'" in stopped.stderr
+    assert _snakemake_reads(_make_says(target).stdout.splitlines()[0]).config is None
+
+
 @pytest.mark.parametrize("override,needle", [
     (["--config", "colour=blue"], "colour"),
     (["--config", "rounds=0"], "rounds"),
