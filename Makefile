@@ -11,17 +11,18 @@ CORES ?= 2
 GENERATE_THREADS ?=
 DATA_MIRROR ?=
 # config keys of this run, e.g. CONFIG='sample_per_cell=17 rounds=3': passed in one --config with DATA_MIRROR's
-# data_mirror (Snakemake keeps only the last --config it is given)
+# data_mirror (Snakemake keeps only the last --config it is given); the words reach the shell as they are, so quote
+# a value with brackets or spaces inside: CONFIG="'categories=[Age, Religion]'"
 CONFIG ?=
 # more Snakemake options or targets, e.g. SNAKEMAKE_ARGS='-n'; config keys go in CONFIG
 SNAKEMAKE_ARGS ?=
 
-ifneq ($(and $(or $(DATA_MIRROR),$(CONFIG)),$(filter --config --config=% -C,$(SNAKEMAKE_ARGS))),)
-$(error SNAKEMAKE_ARGS holds a --config, which would replace the one that passes DATA_MIRROR and CONFIG (Snakemake keeps only the last): put its keys in CONFIG='key=value ...')
-endif
-
-# SNAKEMAKE_ARGS first: --set-threads and --config read every word up to the next option as theirs
-SNAKEMAKE_RUN = $(VENV)/bin/snakemake --cores $(CORES) report/paper_figures.pdf $(SNAKEMAKE_ARGS) \
+# SNAKEMAKE_ARGS first: --set-threads and --config read every word up to the next option as theirs. A --config in
+# SNAKEMAKE_ARGS beside make's own would replace it: stopped, where paper or report runs Snakemake
+SNAKEMAKE_RUN = $(if $(and $(DATA_MIRROR)$(CONFIG),$(filter --config --config=% -C -C%,$(SNAKEMAKE_ARGS))),$(error \
+	SNAKEMAKE_ARGS holds a --config, which would replace the one that passes DATA_MIRROR and CONFIG (Snakemake keeps \
+	only the last): put its keys in CONFIG='key=value ...'))$(VENV)/bin/snakemake --cores $(CORES) \
+	report/paper_figures.pdf $(SNAKEMAKE_ARGS) \
 	$(if $(GENERATE_THREADS),--set-threads generate=$(GENERATE_THREADS)) \
 	$(if $(DATA_MIRROR)$(CONFIG),--config $(if $(DATA_MIRROR),data_mirror=$(abspath $(DATA_MIRROR))) $(CONFIG))
 

@@ -465,3 +465,8 @@ def test_a_job_shows_one_bar_for_its_conversations_not_one_per_batch(engine, bbq
     run_rounds(engine, job, examples)
     assert capsys.readouterr().err == ""
     assert engine.progress is False
+    monkeypatch.setattr(engine, "progress", True)
+    monkeypatch.setattr(engine, "answer", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a failed batch")))
+    with pytest.raises(RuntimeError, match="a failed batch"):
+        run_rounds(engine, job, examples)
+    assert engine.progress is True  # given back when a batch fails too

@@ -151,7 +151,10 @@ def test_make_paper_command_gives_generation_jobs_their_threads(cores, generate_
 
 def _make_says(target: str, *variables: str) -> subprocess.CompletedProcess:
     """What ``make TARGET VARIABLES`` would run (make -n; the set-up stamp taken as done)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    # make exports the variables of its own command line: those of a `make test DATA_MIRROR=...` must not reach this one
+    mine = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "VENV", "CORES", "GENERATE_THREADS", "DATA_MIRROR", "CONFIG",
+            "SNAKEMAKE_ARGS")
+    env = {k: v for k, v in os.environ.items() if k not in mine}
     return subprocess.run(["make", "-n", "-o", ".venv/.installed", target, *variables], cwd=ROOT, capture_output=True,
                           text=True, timeout=60, env=env)
 
@@ -185,6 +188,8 @@ def test_make_passes_config_keys_with_the_data_mirror_and_options_anywhere(targe
     assert (str(report) if report else None) == ("report/report.html" if target == "report" else None)
     stopped = _make_says(target, f"DATA_MIRROR={tmp_path}", "SNAKEMAKE_ARGS=--config sample_per_cell=17")
     assert stopped.returncode != 0 and "CONFIG='key=value ...'" in stopped.stderr
+    assert _make_says(target, f"DATA_MIRROR={tmp_path}", "SNAKEMAKE_ARGS=-Csample_per_cell=17").returncode != 0
+    assert _make_says("test", f"DATA_MIRROR={tmp_path}", "SNAKEMAKE_ARGS=--config x=1").returncode == 0  # not its business
     assert _snakemake_reads(_make_says(target).stdout.splitlines()[0]).config is None
 
 

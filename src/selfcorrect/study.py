@@ -140,7 +140,8 @@ def run_rounds(backend, job: Job, examples: pd.DataFrame) -> pd.DataFrame:
 
 @contextlib.contextmanager
 def _conversations_bar(backend, job: Job, units: list[Unit]):
-    """One progress bar for the conversations of ``units`` (each counted once all its rounds are answered), in
+    """One progress bar for the conversations of ``units`` (an example under a condition the job computes, counted
+    once all its rounds are answered; a condition that sends another's texts is not computed again), in
     place of the backend's bar per call while it is shown: batch by batch, each call answers one stage of one
     batch, so its bar jumps from none to all and says nothing about the time the job has left."""
     from tqdm.auto import tqdm
@@ -148,9 +149,9 @@ def _conversations_bar(backend, job: Job, units: list[Unit]):
     shown = getattr(backend, "progress", True)
     desc = f"{getattr(backend, 'progress_label', '')}{job.task.name}, {_names(units)}, {job.settings.rounds} rounds"
     bar = tqdm(total=len(units), desc=desc, unit="conversation", disable=not shown, mininterval=2.0)
-    if hasattr(backend, "progress"):
-        backend.progress = False
     try:
+        if hasattr(backend, "progress"):
+            backend.progress = False
         yield bar
     finally:
         bar.close()
@@ -275,7 +276,7 @@ class Shards:
                 continue
             t0 = time.perf_counter()
             chunk = examples.iloc[s * self.size:(s + 1) * self.size]
-            log.info("shard %d/%d: %d examples%s", s + 1, self.n, len(chunk), who)  # the progress bar below is its
+            log.info("shard %d/%d: %d examples%s", s + 1, self.n, len(chunk), who)  # names the progress bar after it
             part = run(chunk)
             write_parquet(part, path)
             log.info("shard %d/%d: %d rows in %.1fs%s", s + 1, self.n, len(part), time.perf_counter() - t0, who)
