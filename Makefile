@@ -14,7 +14,8 @@ DATA_MIRROR ?=
 # data_mirror (Snakemake keeps only the last --config it is given); the words reach the shell as they are, so quote
 # a value with brackets or spaces inside: CONFIG="'categories=[Age, Religion]'"
 CONFIG ?=
-# more Snakemake options or targets, e.g. SNAKEMAKE_ARGS='-n'; config keys go in CONFIG
+# more Snakemake options or targets, e.g. SNAKEMAKE_ARGS='-n'; config keys go in CONFIG. They come before make's own
+# options, so where both set one (--set-threads with GENERATE_THREADS), make's wins
 SNAKEMAKE_ARGS ?=
 
 # SNAKEMAKE_ARGS first: --set-threads and --config read every word up to the next option as theirs. A --config in

@@ -446,10 +446,13 @@ def test_a_condition_named_like_a_job_of_grouped_conditions_is_refused(tmp_path)
     check_study(cfg, registry)  # one job per condition: the name is free
 
 
-def test_a_job_shows_one_bar_for_its_conversations_not_one_per_batch(engine, bbq_paths, tiny_model, monkeypatch, capsys):
+def test_a_job_shows_one_bar_for_its_prompts_not_one_per_call(engine, bbq_paths, tiny_model, monkeypatch, capsys):
     """Batch by batch, each backend call answers one stage of one batch: its own bar would jump from none to all,
-    once per batch and round. The job shows one bar over its conversations instead, and gives the backend its
-    setting back; a backend whose bars are off shows none."""
+    once per batch, round and stage. The job shows one bar over its prompts instead, moved on by every call (a
+    reasoning stage included, so that a CoT shard of one batch still moves), and gives the backend its setting back,
+    also when a batch fails; a backend whose bars are off shows none."""
+    import tqdm.auto
+
     from selfcorrect import data, sampling
     from selfcorrect.study import run_rounds
 
@@ -458,9 +461,23 @@ def test_a_job_shows_one_bar_for_its_conversations_not_one_per_batch(engine, bbq
     monkeypatch.setattr(engine, "progress", True)
     run_rounds(engine, job, examples)  # 8 conversations in batches of 3: three batches, two rounds each
     shown = capsys.readouterr().err
-    assert "bbq, 2 conditions, 2 rounds" in shown and "8/8" in shown
+    assert "bbq, 2 conditions, 2 rounds" in shown and "16/16" in shown
     assert "r1 answer" not in shown and "r2 answer" not in shown  # no bar per call
     assert engine.progress is True
+
+    moves = []
+
+    class Recorded(tqdm.auto.tqdm):
+        def update(self, n=1):
+            if getattr(self, "desc", "").startswith("bbq, instruction_cot"):  # the job's bar, not the backend's (off) ones
+                moves.append((self.total, n))
+            return super().update(n)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorded)
+    run_rounds(engine, _study_job(tiny_model, ["instruction_cot"]), examples)  # 4 conversations: batches of 3 and 1
+    assert moves == [(16, 3)] * 4 + [(16, 1)] * 4  # per batch: reasoning and answer in each of two rounds
+    capsys.readouterr()
+
     monkeypatch.setattr(engine, "progress", False)
     run_rounds(engine, job, examples)
     assert capsys.readouterr().err == ""

@@ -121,12 +121,11 @@ def run_rounds(backend, job: Job, examples: pd.DataFrame) -> pd.DataFrame:
     else:
         order = sorted(range(len(units)), key=_batch_order(backend, job, units))
         parts = []
-        with _conversations_bar(backend, job, units) as bar:
+        with _prompts_bar(backend, job, units) as bar:
             for start in range(0, len(order), backend.batch_size):
                 backend.forget()
-                batch = [units[i] for i in order[start:start + backend.batch_size]]
-                parts.append(_rounds_of(backend, job, batch))
-                bar.update(len(batch))
+                parts.append(_rounds_of(backend, job, [units[i] for i in order[start:start + backend.batch_size]],
+                                        answered=bar.update))
         backend.forget()
         out = pd.concat(parts, ignore_index=True)
     out = pd.concat([out[out["condition"] == c].assign(condition=alias) for c, names in computed.items()
@@ -139,16 +138,19 @@ def run_rounds(backend, job: Job, examples: pd.DataFrame) -> pd.DataFrame:
 
 
 @contextlib.contextmanager
-def _conversations_bar(backend, job: Job, units: list[Unit]):
-    """One progress bar for the conversations of ``units`` (an example under a condition the job computes, counted
-    once all its rounds are answered; a condition that sends another's texts is not computed again), in
-    place of the backend's bar per call while it is shown: batch by batch, each call answers one stage of one
-    batch, so its bar jumps from none to all and says nothing about the time the job has left."""
+def _prompts_bar(backend, job: Job, units: list[Unit]):
+    """One progress bar for the prompts of ``units``' conversations (each an example under a condition the job
+    computes; a condition that sends another's texts is not computed again): one prompt per round, two with a
+    reasoning stage, counted as each call answers them. It stands in for the backend's bar per call while that is
+    shown: batch by batch, each call answers one stage of one batch, so its own bar jumps from none to all and says
+    nothing about the time the job has left."""
     from tqdm.auto import tqdm
 
     shown = getattr(backend, "progress", True)
+    stages = 2 if job.cot else 1
     desc = f"{getattr(backend, 'progress_label', '')}{job.task.name}, {_names(units)}, {job.settings.rounds} rounds"
-    bar = tqdm(total=len(units), desc=desc, unit="conversation", disable=not shown, mininterval=2.0)
+    bar = tqdm(total=len(units) * job.settings.rounds * stages, desc=desc, unit="prompt", disable=not shown,
+               mininterval=2.0)
     try:
         if hasattr(backend, "progress"):
             backend.progress = False
@@ -170,7 +172,8 @@ def _batch_order(backend, job: Job, units: list[Unit]) -> Callable[[int], object
     return lambda i: -len(first[i])
 
 
-def _rounds_of(backend, job: Job, units: list[Unit]) -> pd.DataFrame:
+def _rounds_of(backend, job: Job, units: list[Unit], answered: Callable[[int], object] = lambda n: None) -> pd.DataFrame:
+    """Every round of ``units``; ``answered(n)`` after each call of the backend, with the n prompts it answered."""
     task, settings = job.task, job.settings
     spec = job.registry.data["benchmarks"][task.name]
     generate = task.parses_answers(settings.answer_modes)
@@ -183,11 +186,13 @@ def _rounds_of(backend, job: Job, units: list[Unit]) -> pd.DataFrame:
             convs = [job.conversation(u.condition, u.example, h, "reasoning") for u, h in zip(units, histories)]
             reasoning = backend.generate([job.render(c) for c in convs], settings.cot_max_new_tokens,
                                          desc=f"{_names(units)} r{rnd} reasoning", keys=keys)
+            answered(len(units))
         convs = [job.conversation(u.condition, u.example, h, "answer", r) for u, h, r in zip(units, histories, reasoning)]
         prompts = [job.render(c) for c in convs]
         options = [task.options(u.example, c.prefix, spec) for u, c in zip(units, convs)]
         texts, logprobs = backend.answer(prompts, settings.max_new_tokens if generate else None, options,
                                          desc=f"{_names(units)} r{rnd} answer", keys=keys)
+        answered(len(units))
         texts = texts or [None] * len(units)
         for i, u in enumerate(units):
             probs = normalise(logprobs[i])
