@@ -172,7 +172,8 @@ def _batch_order(backend, job: Job, units: list[Unit]) -> Callable[[int], object
     return lambda i: -len(first[i])
 
 
-def _rounds_of(backend, job: Job, units: list[Unit], answered: Callable[[int], object] = lambda n: None) -> pd.DataFrame:
+def _rounds_of(backend, job: Job, units: list[Unit],
+               answered: Callable[[int], object] = lambda n: None) -> pd.DataFrame:
     """Every round of ``units``; ``answered(n)`` after each call of the backend, with the n prompts it answered."""
     task, settings = job.task, job.settings
     spec = job.registry.data["benchmarks"][task.name]
