@@ -132,9 +132,13 @@ def gather_rows(cache, index) -> None:
 
     for layer in cache.layers:
         layer.keys, layer.values = torch.index_select(layer.keys, 0, index), torch.index_select(layer.values, 0, index)
-        if getattr(layer, "_buffers", None) is not None:
-            # the rows are a copy now: the old buffer would otherwise stay alive beside it until the next append
-            layer._buffers = None
+        _drop_buffer(layer)  # the rows are a copy now: the old buffer would otherwise stay alive until the next append
+
+
+def _drop_buffer(layer) -> None:
+    """Let a growing layer's buffer go once its keys and values no longer view it (other layer types have none)."""
+    if getattr(layer, "_buffers", None) is not None:
+        layer._buffers = None
 
 
 class StoredBatch(NamedTuple):
@@ -201,11 +205,9 @@ class KVStore:
             for (start, stop), cache in zip(bounds, caches):
                 piece = cache.layers[n]
                 piece.keys, piece.values = layer.keys[start:stop].clone(), layer.values[start:stop].clone()
-                if getattr(piece, "_buffers", None) is not None:
-                    piece._buffers = None  # a fresh buffer at the first append, never the stored one
+                _drop_buffer(piece)  # a fresh buffer at the first append, never the stored one
             layer.keys = layer.values = None
-            if getattr(layer, "_buffers", None) is not None:
-                layer._buffers = None
+            _drop_buffer(layer)
         pieces = []
         for (start, stop), cache in zip(bounds, caches):
             piece = entry.keys[start:stop]
