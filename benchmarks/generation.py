@@ -15,8 +15,9 @@ reading the weights once at the measured memory bandwidth and the step's FLOPs a
 
 Prints a table per measurement and, as its last line, one JSON object with speedup_vs_hf_batched_{short,cot},
 speedup_vs_hf_static_{short,cot} (null where not run), speedup_vs_naive_{short,cot}, fraction_of_bound,
-round2_reuse_ratio, engine_oom_retries (batches the engine halved after running out of memory) and exact_agreement
-(share of prompts whose greedy text equals batched generate's).
+round2_reuse_ratio, engine_oom_retries (batches the engine halved after running out of memory), exact_agreement
+(share of prompts whose greedy text equals batched generate's), and the same figures for the engine with
+``graph_decode`` on (``engine_graph_s_*``, ``graph_speedup_vs_*``, ``graph_fraction_of_bound``; null where not run).
 """
 
 from __future__ import annotations
@@ -305,6 +306,9 @@ def main() -> int:
     ap.add_argument("--hf-static", action=argparse.BooleanOptionalAction, default=None,
                     help="also time static-cache batched generate (default: on GPU only, where transformers compiles "
                          "it; forced on CPU it runs uncompiled, which tests the code path but times nothing useful)")
+    ap.add_argument("--graph-decode", action=argparse.BooleanOptionalAction, default=None,
+                    help="also time the engine with graph_decode on (decoding replayed as CUDA graphs; default: on GPU "
+                         "only; forced on CPU it runs the same fixed-window loop without graphs)")
     ap.add_argument("--batch-size", type=int, default=None, help="the study's batch (default: all prompts on GPU, 64 on CPU)")
     ap.add_argument("--cot-tokens", type=int, default=64)
     ap.add_argument("--short-tokens", type=int, default=8)
@@ -321,6 +325,7 @@ def main() -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     gpu = device.startswith("cuda")
     run_static = gpu if args.hf_static is None else args.hf_static
+    run_graph = gpu if args.graph_decode is None else args.graph_decode
     torch.set_num_threads(args.threads)
     batch = args.batch_size or (args.n if gpu else min(args.n, 64))  # 64: the offline config
 
@@ -344,14 +349,15 @@ def main() -> int:
     engine.generate(prompts[:2], 2)  # warm-up (kernels, allocator)
     hf_batched_generate(model, tok, prompts[:2], 2, 2, device, eos)
     results = {}
-    agree = {"hf": [0, 0], "naive": [0, 0], "static": [0, 0]}  # [identical texts, prompts compared]
+    agree = {"hf": [0, 0], "naive": [0, 0], "static": [0, 0], "graph": [0, 0]}  # [identical texts, prompts compared]
+    graph_failed, graph_error = False, None
     keys = list(range(len(exs)))  # the short run keeps its caches: round 1 of the round-2 measurement
     hf_batch = batch
     t_warm = t_cold = None
     # short answers to the answer prompt; CoT-length reasoning (the CoT conditions' first stage), cut at n tokens.
     # Baselines run first and release their memory before the engine runs and keeps its caches for round 2.
     for label, batch_prompts, n_new in (("short", prompts, args.short_tokens), ("cot", cot_prompts, args.cot_tokens)):
-        r = {"naive_s": None, "static_s": None, "static_compile_s": None, "unshared_s": None}
+        r = {"naive_s": None, "static_s": None, "static_compile_s": None, "unshared_s": None, "graph_s": None}
         if naive_n:
             # the naive loop is per example, so its time on an evenly spread subset scales to the whole set
             naive_out, t = timed(lambda: naive_generate(model, tok, [batch_prompts[i] for i in naive_idx], n_new, device, eos), device)
@@ -391,11 +397,12 @@ def main() -> int:
                                 ("static", static_out if run_static else [], range(len(batch_prompts)))):
             agree[name][0] += sum(a == fast_out[i] for a, i in zip(outs, idx))
             agree[name][1] += len(outs)
+        r["run"] = (batch_prompts, n_new, fast_out)  # for the graph_decode runs, last
         r["prefill_tokens"] = distinct_prefix_tokens(tok(batch_prompts, add_special_tokens=False)["input_ids"])
         r["lengths"] = lengths
         r["tokens"] = count_tokens(tok, batch_prompts) + sum(lengths)
         results[label] = r
-        extra = "".join(f"  {k} {r[k]:7.2f}s" for k in ("naive_s", "static_s", "unshared_s") if r[k] is not None)
+        extra = "".join(f"  {k} {r[k]:7.2f}s" for k in ("naive_s", "static_s", "unshared_s", "graph_s") if r[k] is not None)
         print(f"{label:>5} (up to {n_new} new tokens, {sum(lengths) / len(lengths):.1f} on average): engine {r['engine_s']:7.2f}s  "
               f"batched generate {r['hf_s']:7.2f}s (batch {hf_batch}){extra}  speedup vs batched generate "
               f"{r['hf_s'] / r['engine_s']:5.2f}x")
@@ -410,10 +417,31 @@ def main() -> int:
     print(f"matmul rate {peak / 1e12:.3f} TFLOP/s ({model.dtype}; {peak_start / 1e12:.3f} at the start), memory "
           f"bandwidth {mem['read'] / 1e9:.1f} GB/s read, {mem['copy'] / 1e9:.1f} GB/s copy (read + written); "
           f"weights {weight_bytes / 1e9:.2f} GB, {flops_per_token / 1e9:.2f} GFLOP per token")
+    if run_graph:
+        # the same calls with decoding replayed as CUDA graphs (answers of fewer than graph_decode.MIN_STEPS + 1
+        # tokens decode as before; the first call of a batch also pays for its capture). Last, and caught, so that a
+        # failure here costs none of the figures above
+        engine.graph_decode, engine.carry_kv_between_rounds = True, False
+        engine.forget()
+        for label, r in results.items():
+            batch_prompts, n_new, fast_out = r["run"]
+            try:
+                graph_out, r["graph_s"] = best_of_two(engine, batch_prompts, n_new, device)
+            except Exception as err:  # reported in the JSON line, not raised
+                graph_error = f"{label}: {type(err).__name__}: {str(err)[:300]}"
+                print(f"graph_decode run failed: {graph_error}", file=sys.stderr)
+                break
+            print(f"{label:>5}: engine with graph_decode {r['graph_s']:7.2f}s")
+            agree["graph"][0] += sum(a == b for a, b in zip(graph_out, fast_out))
+            agree["graph"][1] += len(graph_out)
+            release(device)
+        graph_failed = not engine.graph_decode  # a capture failed: the engine went on eagerly
+        engine.graph_decode = False
     for label, r in results.items():
         print(f"{label:>5}: bound {r['bound_s']:.2f}s ({r['prefill_tokens']} distinct prompt tokens), engine at "
               f"{r['bound_s'] / r['engine_s']:.1%} of it, batched generate at {r['bound_s'] / r['hf_s']:.1%}"
-              + (f", static-cache generate at {r['bound_s'] / r['static_s']:.1%}" if r["static_s"] else ""))
+              + (f", static-cache generate at {r['bound_s'] / r['static_s']:.1%}" if r["static_s"] else "")
+              + (f", engine with graph_decode at {r['bound_s'] / r['graph_s']:.1%}" if r["graph_s"] else ""))
 
     def fraction(key):  # the bound over both runs against the method's time for both
         if any(r[key] is None for r in results.values()):
@@ -463,6 +491,18 @@ def main() -> int:
         "exact_agreement": share("hf"),
         "exact_agreement_naive": share("naive"),
         "exact_agreement_hf_static": share("static"),
+        # the engine with graph_decode on (null where not run): its times, its speedups, its share of the bound, and
+        # whether a capture failed (the engine then decoded eagerly: its times are not the graphs')
+        "engine_graph_s_short": rounded(short["graph_s"]), "engine_graph_s_cot": rounded(cot["graph_s"]),
+        "graph_speedup_vs_hf_batched_short": rounded(short["graph_s"] and short["hf_s"] / short["graph_s"]),
+        "graph_speedup_vs_hf_batched_cot": rounded(cot["graph_s"] and cot["hf_s"] / cot["graph_s"]),
+        "graph_speedup_vs_hf_static_short": rounded(short["graph_s"] and short["static_s"] and short["static_s"] / short["graph_s"]),
+        "graph_speedup_vs_hf_static_cot": rounded(cot["graph_s"] and cot["static_s"] and cot["static_s"] / cot["graph_s"]),
+        "graph_fraction_of_bound": fraction("graph_s"),
+        "graph_fraction_of_bound_cot": rounded(cot["graph_s"] and cot["bound_s"] / cot["graph_s"], 4),
+        "graph_decode_failed": graph_failed if run_graph else None,
+        "graph_decode_error": graph_error,
+        "exact_agreement_graph_vs_engine": share("graph"),
     }
     print(json.dumps(summary))
     return 0

