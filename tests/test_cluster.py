@@ -399,7 +399,7 @@ def run_job(tmp: Path, tiny_model: Path, samples: Path, sha: str) -> tuple[pd.Da
     study = {"rounds": 1, "answer_modes": ["logprob"], "seed": 1,
              "generation": {"backend": "transformers", "device": "cpu", "batch_size": 4, "max_new_tokens": 2,
                             "cot_max_new_tokens": 2, "shard_size": 8, "carry_kv_between_rounds": True,
-                            "prefix_tree_prefill": True}}
+                            "prefix_tree_prefill": True, "graph_decode": True}}
     generate("tiny", {"path": "org/tiny", "revision": None, "format": "chat"}, "bbq", ["instruction"], str(samples), study,
              str(tmp / "out.parquet"), str(tmp / "out.meta.json"), str(tmp / "shards"), weights_record=str(record))
     return pd.read_parquet(tmp / "out.parquet"), json.loads((tmp / "out.meta.json").read_text())

@@ -105,7 +105,7 @@ generate('tiny', {'path': a['model'], 'format': 'chat'}, 'bbq', ['baseline', 'in
 _ARGS_CFG = {"rounds": 2, "answer_modes": ["generate", "logprob"], "seed": 1,
              "generation": {"backend": "transformers", "device": "cpu", "batch_size": 2, "max_new_tokens": 12,
                             "cot_max_new_tokens": 8, "shard_size": 2, "carry_kv_between_rounds": True,
-                            "prefix_tree_prefill": True}}
+                            "prefix_tree_prefill": True, "graph_decode": True}}
 
 
 def _samples(tmp: Path, bbq_paths) -> Path:
@@ -187,7 +187,7 @@ def test_a_failed_helper_is_reported_with_its_process_and_the_fix(tmp_path, capf
             "study": {"rounds": 1, "answer_modes": ["logprob"], "seed": 0,
                       "generation": {"backend": "transformers", "device": "cpu", "batch_size": 2, "max_new_tokens": 4,
                                      "cot_max_new_tokens": 4, "shard_size": 2, "carry_kv_between_rounds": True,
-                                     "prefix_tree_prefill": True}},
+                                     "prefix_tree_prefill": True, "graph_decode": True}},
             "local_model_dir": None, "weights_record": None}
     with pytest.raises(HelperFailed, match=r"process 2/2 exited with code 1 .*cluster.generate_processes: 1"):
         with job_processes.helpers(call, [1, 1], "k", shards) as running:

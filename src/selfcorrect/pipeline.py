@@ -96,7 +96,9 @@ def load_backend(spec: ModelSpec, generation: dict, seed: int, local_model_dir: 
     model, tok = load_model(spec, device, local_model_dir)  # refuses gpus > 1: the engine runs on one device
     engine = Engine(model, tok, device, batch_size=int(generation["batch_size"]),
                     prefix_tree_prefill=bool(generation["prefix_tree_prefill"]),
-                    carry_kv_between_rounds=bool(generation["carry_kv_between_rounds"]))
+                    carry_kv_between_rounds=bool(generation["carry_kv_between_rounds"]),
+                    # on CPU the fixed-window loop has no graph to replay and attends to the whole window: slower
+                    graph_decode=bool(generation["graph_decode"]) and str(device).startswith("cuda"))
     return engine, tok, device, model
 
 

@@ -2,8 +2,8 @@
 
 Layers, each importing only those listed before it: ``plan`` (torch-free batch planning), ``backend`` (the
 contract and shared helpers), ``attention``, ``kv`` (the cache and the store that carries it between rounds),
-``memory`` (batch sizes planned, out-of-memory recognised), ``batching``, ``prefill``, ``decode``, ``engine``;
-``vllm`` needs only ``backend`` and ``plan``. Nothing outside a backend touches its internals.
+``memory`` (batch sizes planned, out-of-memory recognised), ``batching``, ``prefill``, ``decode``, ``graph_decode``,
+``engine``; ``vllm`` needs only ``backend`` and ``plan``. Nothing outside a backend touches its internals.
 """
 
 from .backend import Backend, Completion, cut_at_stops, normalise, pick_device

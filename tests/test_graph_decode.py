@@ -1,0 +1,236 @@
+"""Decoding in a fixed window of the cache (``Engine.graph_decode``): on CPU the loop runs without a CUDA graph, so
+these tests check what a graph would replay: the same tokens and carried caches as the engine's own decoding, and a
+step that leaves the host nothing to wait for."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from selfcorrect.engine import Engine, graph_decode
+from selfcorrect.models import ModelSpec, load_model
+
+from test_engine import PROMPTS, naive
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    model, tok = load_model(ModelSpec(name="tiny", path=str(tiny_model)), "cpu")
+    engine = Engine(model, tok, "cpu", batch_size=4, progress=False, graph_decode=True)
+    yield engine
+    engine.forget()
+
+
+def _bbq_prompts(engine, bbq_paths, n=8):
+    from selfcorrect import data
+    from selfcorrect.conditions import Registry
+    from selfcorrect.formats import render
+
+    registry = Registry.load()
+    df = data.load_bbq(bbq_paths[:1]).head(n)
+    return [render(registry.conversation("instruction", "bbq", ex, []), "chat", registry.data["dialogue"], engine.tokenizer)
+            for ex in df.to_dict("records")] + PROMPTS
+
+
+def _ending_early(engine, prompts, monkeypatch, n_new):
+    """Make a token that the random model emits in some rows (not first, not in all) an end token, so that rows end
+    at different steps."""
+    ids = []
+    for p in prompts:
+        enc = engine.tokenizer(p, return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            out = engine.model.generate(**enc, max_new_tokens=n_new, do_sample=False, pad_token_id=engine.tokenizer.pad_token_id)
+        ids.append(out[0, enc["input_ids"].shape[1]:].tolist())
+    stop = next(t for t in sorted({t for row in ids for t in row[1:]})
+                if len(prompts) // 4 <= sum(t in row[1:] for row in ids) < len(prompts) and not any(row[0] == t for row in ids))
+    monkeypatch.setattr(engine.model.generation_config, "eos_token_id", [engine.tokenizer.eos_token_id, stop])
+
+
+def _every_row_ending(engine, prompts, monkeypatch):
+    """End tokens that end every row within 12 tokens, not all at the same step (and none at the first token)."""
+    rows = []
+    for p in prompts:
+        enc = engine.tokenizer(p, return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            out = engine.model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=engine.tokenizer.pad_token_id)
+        rows.append(out[0, enc["input_ids"].shape[1]:].tolist())
+    firsts, stops = {row[0] for row in rows}, set()
+    for n, row in enumerate(rows):
+        if not stops & set(row[1:]):
+            stops.add(next(t for t in row[2 + n % 8:] + row[1:] if t not in firsts))
+    monkeypatch.setattr(engine.model.generation_config, "eos_token_id", [engine.tokenizer.eos_token_id, *sorted(stops)])
+
+
+def test_the_window_gives_the_texts_of_per_example_generate_also_when_rows_end_early(engine, bbq_paths, monkeypatch):
+    prompts = _bbq_prompts(engine, bbq_paths)
+    monkeypatch.setattr(engine, "batch_size", len(prompts))
+    _ending_early(engine, prompts, monkeypatch, 20)
+    windows = []
+    real = graph_decode._Decoder.__init__
+    monkeypatch.setattr(graph_decode._Decoder, "__init__", lambda self, *a, **k: windows.append(1) or real(self, *a, **k))
+    texts = engine.generate(prompts, 20)
+    assert windows  # the fixed-window loop ran
+    assert texts == [naive(engine, p, 20) for p in prompts]
+    engine.graph_decode = False
+    try:
+        plain = engine.generate(prompts, 20)
+    finally:
+        engine.graph_decode = True
+    assert [t.reached_limit for t in texts] == [t.reached_limit for t in plain]
+
+
+def test_too_few_steps_decode_as_before(engine, monkeypatch):
+    windows = []
+    real = graph_decode._Decoder.__init__
+    monkeypatch.setattr(graph_decode._Decoder, "__init__", lambda self, *a, **k: windows.append(1) or real(self, *a, **k))
+    short = engine.generate(PROMPTS, graph_decode.MIN_STEPS)  # MIN_STEPS - 1 steps after the first token
+    assert not windows and short == [naive(engine, p, graph_decode.MIN_STEPS) for p in PROMPTS]
+    engine.generate(PROMPTS, graph_decode.MIN_STEPS + 1)
+    assert windows
+
+
+def test_the_carried_cache_holds_what_the_default_loop_holds(engine, bbq_paths, monkeypatch):
+    """Rows ending at different steps, one batch: the cache stored for the next round holds, per row, the prompt and
+    every token fed back up to the step at which the last row ended (not the steps run after it), and the next
+    round's answers are those of a cold start."""
+    prompts = _bbq_prompts(engine, bbq_paths)
+    monkeypatch.setattr(engine, "batch_size", len(prompts))
+    monkeypatch.setattr(graph_decode, "_CHECK_EVERY", 19)  # every step runs before the host looks: 19 steps run
+    _every_row_ending(engine, prompts, monkeypatch)
+    keys = list(range(len(prompts)))
+    tok = engine.tokenizer
+    p_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    gens = []  # per row, the 20 tokens per-example generate picks, padded after the row's end as the engine pads
+    for ids in p_ids:
+        with torch.inference_mode():
+            out = engine.model.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False,
+                                        pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
+        gens.append(out + [tok.pad_token_id] * (20 - len(out)))
+    ends = [next((i for i, t in enumerate(g) if t in engine.eos_ids), 20) for g in gens]
+    n_fed = min(19, max(ends))  # decode.greedy's steps: until the last row has ended, at most 19
+    assert len(set(ends)) > 2 and n_fed < 19  # rows did end, at different steps, and before the limit
+    try:
+        answers = engine.generate(prompts, 20, keys=keys)
+        (stored,) = engine._kv._batches.values()
+        rows = [stored.keys.index(k) for k in keys]  # the stored batch's rows are in its own (token) order
+        assert [stored.ids[r] for r in rows] == [ids + g[:n_fed] for ids, g in zip(p_ids, gens)]
+        assert [int(stored.mask[r].sum()) for r in rows] == [len(ids) + n_fed for ids in p_ids]  # attended: those only
+        assert stored.mask.shape[1] == stored.cache.layers[0].keys.shape[-2]  # the cache ends where the mask does
+        nxt = [p + a + "<|im_end|>\n<|im_start|>user\nAre you sure?<|im_end|>\n<|im_start|>assistant\n"
+               for p, a in zip(prompts, answers)]
+        warm = engine.generate(nxt, 12, keys=keys)
+    finally:
+        engine.forget()
+    assert warm == engine.generate(nxt, 12)
+
+
+def test_a_study_with_stages_and_rounds_changes_nothing_but_the_work(engine, bbq_paths, tiny_model):
+    from transformers import AutoTokenizer
+
+    from selfcorrect import data, sampling
+    from selfcorrect.conditions import Registry
+    from selfcorrect.formats import render
+    from selfcorrect.study import Job, Settings, run_rounds
+    from selfcorrect.tasks import get_task
+
+    registry = Registry.load()
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    examples = sampling.sample_bbq(data.load_bbq(bbq_paths[:2]), 1, 7)
+    settings = Settings(rounds=3, answer_modes=("generate", "logprob"), max_new_tokens=10, cot_max_new_tokens=12,
+                        shard_size=64)
+    job = Job(get_task("bbq"), ("instruction_cot",), registry, lambda c: render(c, "chat", registry.data["dialogue"], tok),
+              settings)
+    try:
+        windowed = run_rounds(engine, job, examples)
+        engine.forget()
+        engine.graph_decode = False
+        plain = run_rounds(engine, job, examples)
+    finally:
+        engine.forget()
+        engine.graph_decode = True
+    assert list(plain["raw_text"]) == list(windowed["raw_text"]) and list(plain["reasoning"]) == list(windowed["reasoning"])
+    for a, b in zip(plain["option_logprobs"], windowed["option_logprobs"]):
+        assert list(a) == pytest.approx(list(b), abs=1e-4)
+
+
+# what makes a CUDA graph's capture fail or its replay wrong: the host reading a device value (a sync), a tensor
+# made from Python data (a copy from the host), an output whose size depends on the data
+_HOST_OPS = {"_local_scalar_dense", "item", "is_nonzero", "nonzero", "lift_fresh", "lift_fresh_copy", "unique",
+             "_unique2", "masked_select"}
+
+
+def test_a_step_gives_the_host_nothing_to_wait_for_and_keeps_its_addresses(engine, monkeypatch):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    steps, real = [], graph_decode._Decoder.step
+
+    def watched(self):
+        state = [self.token, self.position, self.column, self.step_index, self.mask, self.gen, self.done,
+                 *(t for layer in self.cache.layers for t in (layer.keys, layer.values))]
+        before = [t.data_ptr() for t in state]
+        with Ops() as ops:
+            real(self)
+        steps.append((ops.names, before == [t.data_ptr() for t in state]))
+
+    monkeypatch.setattr(graph_decode._Decoder, "step", watched)
+    engine.generate(PROMPTS, 12)
+    assert len(steps) >= 11
+    assert all(not (names & _HOST_OPS) for names, _ in steps), [names & _HOST_OPS for names, _ in steps]
+    assert all(kept for _, kept in steps)  # every tensor the step reads or writes stays where a graph recorded it
+    assert "linear" in steps[0][0] and "index_copy_" in steps[0][0]  # the dispatch mode saw the forward itself
+
+
+class _Stub:
+    device, _graph_pool, graph_decode = "cuda", None, True
+
+
+@pytest.mark.parametrize("error, raised", [
+    (RuntimeError("CUDA error: operation not permitted when stream is capturing"), False),
+    (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+])
+def test_a_capture_that_fails_goes_on_eagerly_unless_memory_ran_out(monkeypatch, caplog, error, raised):
+    class Graph:  # torch.cuda.graph's context, failing as a capture would at its end
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            raise error
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
+    monkeypatch.setattr(torch.cuda, "graph", Graph)
+    monkeypatch.setattr("selfcorrect.engine.memory.free_memory", lambda device: 1 << 40)  # plenty: not an OOM by that
+    eng, stepped = _Stub(), []
+    decoder = type("D", (), {"step": lambda self: stepped.append(1)})()
+    if raised:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            graph_decode._capture(eng, decoder, stream=None)
+        assert eng.graph_decode  # a smaller batch may capture: the batch is halved and retried as any other
+    else:
+        with caplog.at_level(logging.WARNING, logger="selfcorrect.engine.graph_decode"):
+            assert graph_decode._capture(eng, decoder, stream=None) is None
+        assert not eng.graph_decode and "decodes eagerly from now on" in caplog.text
+    assert stepped == [1]  # the step was recorded once, never run twice
+
+
+def test_the_study_turns_graphs_on_for_cuda_only(tiny_model):
+    from selfcorrect.config_checks import load_config
+    from selfcorrect.pipeline import load_backend
+
+    generation = load_config()["generation"]
+    assert generation["graph_decode"] is True  # the schema's default
+    backend, *_ = load_backend(ModelSpec(name="tiny", path=str(tiny_model)), {**generation, "device": "cpu"}, 1, None)
+    assert backend.graph_decode is False
