@@ -418,9 +418,9 @@ def main() -> int:
           f"bandwidth {mem['read'] / 1e9:.1f} GB/s read, {mem['copy'] / 1e9:.1f} GB/s copy (read + written); "
           f"weights {weight_bytes / 1e9:.2f} GB, {flops_per_token / 1e9:.2f} GFLOP per token")
     if run_graph:
-        # the same calls with decoding replayed as CUDA graphs (answers of fewer than graph_decode.MIN_STEPS + 1
-        # tokens decode as before; the first call of a batch also pays for its capture). Last, and caught, so that a
-        # failure here costs none of the figures above
+        # the same calls with decoding replayed as CUDA graphs (a token limit of graph_decode.MIN_STEPS or fewer
+        # decodes as before; each batch also pays for its capture). Last, and caught, so that a failure here costs
+        # none of the figures above
         engine.graph_decode, engine.carry_kv_between_rounds = True, False
         engine.forget()
         for label, r in results.items():

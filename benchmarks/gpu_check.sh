@@ -178,7 +178,7 @@ print(json.dumps({"prompts": len(cot), "new_tokens": 32, "dtype": "float32", "ca
                   "capture_failures": captures.count(False), "graph_decode_kept": still,
                   "graph_same_as_engine": same(graphed, eager), "engine_same_as_hf_batched": same(eager, hf),
                   "graph_same_as_hf_batched": same(graphed, hf), "engine_s": eager_s, "graph_s": graph_s}))
-sys.exit(0 if still and captures and all(captures) else 1)
+sys.exit(0 if still and captures and all(captures) and graphed == eager else 1)
 EOF
   for shape in $shapes; do
     # 135M took 148 s in its first run on an H100 (static-cache compiles and the naive loop); the engine's runs with

@@ -93,6 +93,7 @@ SET = {
     "generation.shard_size": ("9", 9, GEN + ("shard_size",)),
     "generation.carry_kv_between_rounds": ("false", False, GEN + ("carry_kv_between_rounds",)),
     "generation.prefix_tree_prefill": ("false", False, GEN + ("prefix_tree_prefill",)),
+    "generation.graph_decode": ("false", False, GEN + ("graph_decode",)),
     "generation.group_conditions": ("false", False, GEN + ("group_conditions",)),
     "generation.max_job_hours": ("2.5", 2.5, GEN + ("max_job_hours",)),
     "bootstrap.n_resamples": ("50", 50, ("score_bbq", "params", "bootstrap", "n_resamples")),

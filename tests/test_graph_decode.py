@@ -91,7 +91,7 @@ def test_too_few_steps_decode_as_before(engine, monkeypatch):
     assert windows
 
 
-def test_the_carried_cache_holds_what_the_default_loop_holds(engine, bbq_paths, monkeypatch):
+def test_the_carried_cache_holds_every_fed_token_until_the_last_row_ends(engine, bbq_paths, monkeypatch):
     """Rows ending at different steps, one batch: the cache stored for the next round holds, per row, the prompt and
     every token fed back up to the step at which the last row ended (not the steps run after it), and the next
     round's answers are those of a cold start."""
@@ -153,6 +153,46 @@ def test_a_study_with_stages_and_rounds_changes_nothing_but_the_work(engine, bbq
     assert list(plain["raw_text"]) == list(windowed["raw_text"]) and list(plain["reasoning"]) == list(windowed["reasoning"])
     for a, b in zip(plain["option_logprobs"], windowed["option_logprobs"]):
         assert list(a) == pytest.approx(list(b), abs=1e-4)
+
+
+def test_rows_that_all_end_at_their_first_token_run_no_step(engine, monkeypatch):
+    steps = []
+    real = graph_decode._Decoder.step
+    monkeypatch.setattr(graph_decode._Decoder, "step", lambda self: steps.append(1) or real(self))
+    every = set(range(len(engine.tokenizer)))
+    monkeypatch.setattr(type(engine), "eos_ids", property(lambda self: every))
+    keys = list(range(len(PROMPTS)))
+    try:
+        assert engine.generate(PROMPTS, 12, keys=keys) == [""] * len(PROMPTS)
+        stored = [entry for entry in engine._kv._batches.values()]
+    finally:
+        engine.forget()
+    assert not steps
+    p_ids = {k: engine.tokenizer(p, add_special_tokens=False)["input_ids"] for k, p in zip(keys, PROMPTS)}
+    for entry in stored:  # the prompts only: no answer token was fed back
+        assert entry.ids == [p_ids[k] for k in entry.keys]
+        assert entry.mask.shape[1] == entry.cache.layers[0].keys.shape[-2]
+
+
+@pytest.mark.parametrize("how", ["no buffer", "too narrow", "wide enough"])
+def test_the_window_is_the_layers_buffer_with_zeros_after_the_prompt(how):
+    from selfcorrect.engine.kv import growing_layer
+
+    torch.manual_seed(0)
+    layer = growing_layer()()
+    layer.room = 4
+    keys, values = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)
+    layer.update(keys, values)  # a buffer of 5 + 16 columns (at least 16 of room), the cache its first 5
+    if how == "no buffer":
+        layer.keys, layer.values = layer.keys.clone(), layer.values.clone()  # as after gathering rows
+    buffer = layer._buffers[0]
+    need = 30 if how == "too narrow" else 12
+    window_keys, window_values = graph_decode._window(layer, 5, need)
+    assert window_keys.shape[-2] == need and layer.keys.shape[-2] == 5
+    assert (window_keys.data_ptr() == buffer.data_ptr()) == (how == "wide enough")  # copied only when it must be
+    assert window_keys.data_ptr() == layer._buffers[0].data_ptr()  # the layer adopted what the window writes into
+    assert torch.equal(window_keys[..., :5, :], keys) and torch.equal(window_values[..., :5, :], values)
+    assert not window_keys[..., 5:, :].any() and not window_values[..., 5:, :].any()
 
 
 # what makes a CUDA graph's capture fail or its replay wrong: the host reading a device value (a sync), a tensor

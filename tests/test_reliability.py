@@ -227,7 +227,7 @@ model, _ = load_model(ModelSpec(name="tiny", path=model_dir), "cpu")
 study = {"rounds": 2, "answer_modes": ["generate", "logprob"], "seed": 0,
          "generation": {"backend": "transformers", "device": "cpu", "batch_size": 1, "max_new_tokens": 6,
                         "cot_max_new_tokens": 8, "shard_size": 64, "carry_kv_between_rounds": True,
-                        "prefix_tree_prefill": True, "max_job_hours": 1}}
+                        "prefix_tree_prefill": True, "graph_decode": True, "max_job_hours": 1}}
 pipeline.generate("tiny", {"path": model_dir, "format": "chat"}, "bbq", ["instruction"], samples, study,
                   out + "/t.parquet", out + "/m.json", out + "/shards", threads=2)
 t = pd.read_parquet(out + "/t.parquet")

@@ -26,7 +26,8 @@ generate('tiny', {'path': a['model'], 'format': 'chat'}, 'bbq', ['instruction'],
 
 def _args(tmp: Path, model: Path, samples: Path) -> dict:
     generation = {"backend": "transformers", "device": "cpu", "batch_size": 2, "max_new_tokens": 24,
-                  "cot_max_new_tokens": 8, "shard_size": 2, "carry_kv_between_rounds": True, "prefix_tree_prefill": True}
+                  "cot_max_new_tokens": 8, "shard_size": 2, "carry_kv_between_rounds": True, "prefix_tree_prefill": True,
+                  "graph_decode": True}
     cfg = {"rounds": 2, "answer_modes": ["generate", "logprob"], "seed": 1, "generation": generation}
     return {"model": str(model), "samples": str(samples), "cfg": cfg, "out": str(tmp / "out.parquet"),
             "meta": str(tmp / "out.meta.json"), "shards": str(tmp / "shards")}

@@ -12,10 +12,14 @@ reads or writes keeps its shape and address for the whole batch:
 - the token fed, its position, its column and the step's index in device tensors that the step advances.
 
 One step is captured per batch (its buffers are its own) and replayed; the host reads ``done`` every
-``_CHECK_EVERY`` steps only, to stop once every row has ended. The tokens are the same as ``decode.greedy``'s: the
-window's columns not yet written are masked out, and rows that have ended feed padding as there. Two differences,
-in the work only: finished rows stay in the batch (a graph's shapes are fixed), and the extra steps after the last
-row ends (fewer than ``_CHECK_EVERY``) are not kept in the cache carried to the next round.
+``_CHECK_EVERY`` steps only, to stop once every row has ended. The tokens are the same as ``decode.greedy``'s in
+fp32 (tested; in bf16 a near-tie can break the other way, as with any change of batch or kernel): the window's
+columns not yet written are masked out, and rows that have ended feed padding as there. What differs is the work:
+
+- finished rows stay in the batch (a graph's shapes are fixed), and every step attends to the whole window, masked;
+- up to ``_CHECK_EVERY - 1`` steps run after the last row has ended (not kept in the carried cache);
+- the cache carried to the next round holds every row's tokens up to the last row's end, where ``decode.greedy``'s
+  stops at the step where finished rows first left the batch; the next round then encodes fewer new tokens.
 
 Off CUDA the same loop runs without a graph (the tests' path). If a capture fails for any reason but memory, the
 batch goes on with the same step run eagerly, and the engine stops capturing (logged once).
@@ -141,51 +145,65 @@ def _capture(eng: Engine, decoder: _Decoder, stream):
 
     graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph, pool=eng._graph_pool, stream=stream):
+        # the outer context gives the caller's stream back even when the capture fails at its end, where
+        # torch.cuda.graph's own exit would leave ``stream`` current
+        with torch.cuda.stream(stream), torch.cuda.graph(graph, pool=eng._graph_pool, stream=stream):
             decoder.step()
-    except RuntimeError as err:
+    except Exception as err:  # what a capture raises varies with the kernel that refused: all but memory fall back
         if is_oom(err, eng.device):
             raise
         eng.graph_decode = False
         log.warning("capturing a decode step as a CUDA graph failed (%s): this engine decodes eagerly from now on",
-                    str(err).splitlines()[0][:300])
+                    str(err).splitlines()[0][:300] if str(err) else type(err).__name__)
         return None
     return graph
+
+
+def _graph_after_warm_up(eng: Engine, decoder: _Decoder, steps: int) -> tuple[object, int]:
+    """The first steps run eagerly on a side stream (the capture's, so that its libraries are set up there), then one
+    step captured: (the graph or None, the steps run)."""
+    import torch
+
+    if eng._graph_pool is None:
+        eng._graph_pool = torch.cuda.graph_pool_handle()
+    stream, run = torch.cuda.Stream(), 0
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        while run < min(_WARM_UP, steps):
+            decoder.step()
+            run += 1
+    torch.cuda.current_stream().wait_stream(stream)
+    return (_capture(eng, decoder, stream) if run < steps else None), run
+
+
+def _steps_fed(gen: list[list[int]], eos_ids: set[int], steps: int) -> tuple[list[int], int]:
+    """Where each row's answer ends (its first end token, else its length), and how many tokens ``decode.greedy``
+    would have fed back: it steps until every row has ended, at most ``steps`` times."""
+    ends = [next((i for i, t in enumerate(row) if t in eos_ids), len(row)) for row in gen]
+    return ends, min(steps, max(ends))
 
 
 def greedy_in_window(eng: Engine, last, mask, position, cache, max_new_tokens: int):
     """``decode.greedy``'s results (texts, the tokens fed per row, the mask of the cache) by the fixed-window loop.
 
-    The cache's layers end, afterwards, at the last step that any row needed, as ``decode.greedy`` leaves them.
+    Afterwards the cache's layers hold every row's tokens up to the step at which the last row ended. (Where rows
+    left the batch, ``decode.greedy``'s cache ends at the step they left: the next round then encodes a little more.)
     """
-    import torch
-
     decoder = _Decoder(eng, last, mask, position, cache, max_new_tokens)
-    steps, run = max_new_tokens - 1, 0
-    cuda = str(eng.device).startswith("cuda") and eng.graph_decode
-    graph = stream = None
-    if cuda:
-        if eng._graph_pool is None:
-            eng._graph_pool = torch.cuda.graph_pool_handle()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            while run < min(_WARM_UP, steps):
-                decoder.step()
-                run += 1
-        torch.cuda.current_stream().wait_stream(stream)
-        if run < steps:
-            graph = _capture(eng, decoder, stream)
+    steps, graph, run = max_new_tokens - 1, None, 0
+    if str(eng.device).startswith("cuda") and eng.graph_decode:
+        graph, run = _graph_after_warm_up(eng, decoder, steps)
     while run < steps and not bool(decoder.done.all()):
         for _ in range(min(_CHECK_EVERY, steps - run)):
-            graph.replay() if graph is not None else decoder.step()
+            if graph is not None:
+                graph.replay()
+            else:
+                decoder.step()
             run += 1
     del graph
     gen = decoder.gen.tolist()
-    ends = [next((i for i, t in enumerate(row) if t in eng.eos_ids), len(row)) for row in gen]
-    # decode.greedy feeds tokens 0..k-1 where k is the step at which every row had ended (or the token limit)
-    n_fed = min(steps, max(ends))
-    eng._processed = eng._processed + len(gen) * run
+    ends, n_fed = _steps_fed(gen, eng.eos_ids, steps)
+    eng._processed = eng._processed + len(gen) * run  # the steps run, those after the last row's end too
     for layer in cache.layers:
         layer.adopt(*layer._buffers, decoder.width + n_fed)
     texts = [stopped_text(eng.tokenizer.decode(row[:cut], skip_special_tokens=True), eng.stop_strings,
