@@ -150,7 +150,7 @@ def test_prefix_reuse_across_stages_and_rounds_changes_nothing_but_the_work(engi
     assert warm_tokens < 0.6 * cold_tokens  # rounds 2-3 and the answer stages encode only their new tokens
 
 
-def _study_job(tiny_model, conditions, rounds=2):
+def _study_job(tiny_model, conditions, rounds=2, max_new_tokens=4, cot_max_new_tokens=4):
     from transformers import AutoTokenizer
 
     from selfcorrect.conditions import Registry
@@ -160,8 +160,8 @@ def _study_job(tiny_model, conditions, rounds=2):
 
     registry = Registry.load()
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    settings = Settings(rounds=rounds, answer_modes=("generate", "logprob"), max_new_tokens=4, cot_max_new_tokens=4,
-                        shard_size=64)
+    settings = Settings(rounds=rounds, answer_modes=("generate", "logprob"), max_new_tokens=max_new_tokens,
+                        cot_max_new_tokens=cot_max_new_tokens, shard_size=64)
     return Job(get_task("bbq"), tuple(conditions), registry,
                lambda c: render(c, "chat", registry.data["dialogue"], tok), settings)
 

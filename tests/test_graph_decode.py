@@ -12,7 +12,7 @@ import torch
 from selfcorrect.engine import Engine, graph_decode
 from selfcorrect.models import ModelSpec, load_model
 
-from test_engine import PROMPTS, naive
+from test_engine import PROMPTS, _study_job, naive
 
 
 @pytest.fixture(scope="module")
@@ -127,21 +127,11 @@ def test_the_carried_cache_holds_every_fed_token_until_the_last_row_ends(engine,
 
 
 def test_a_study_with_stages_and_rounds_changes_nothing_but_the_work(engine, bbq_paths, tiny_model):
-    from transformers import AutoTokenizer
-
     from selfcorrect import data, sampling
-    from selfcorrect.conditions import Registry
-    from selfcorrect.formats import render
-    from selfcorrect.study import Job, Settings, run_rounds
-    from selfcorrect.tasks import get_task
+    from selfcorrect.study import run_rounds
 
-    registry = Registry.load()
-    tok = AutoTokenizer.from_pretrained(tiny_model)
     examples = sampling.sample_bbq(data.load_bbq(bbq_paths[:2]), 1, 7)
-    settings = Settings(rounds=3, answer_modes=("generate", "logprob"), max_new_tokens=10, cot_max_new_tokens=12,
-                        shard_size=64)
-    job = Job(get_task("bbq"), ("instruction_cot",), registry, lambda c: render(c, "chat", registry.data["dialogue"], tok),
-              settings)
+    job = _study_job(tiny_model, ["instruction_cot"], rounds=3, max_new_tokens=10, cot_max_new_tokens=12)
     try:
         windowed = run_rounds(engine, job, examples)
         engine.forget()
