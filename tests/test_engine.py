@@ -328,26 +328,42 @@ def test_grouped_attention_equals_transformers_sdpa_under_a_padding_mask():
         assert torch.allclose(got, want, atol=1e-6)
 
 
-def test_rows_that_finish_leave_the_batch_and_change_nothing(engine, bbq_paths, monkeypatch, record):
+def bbq_prompts(engine, bbq_paths, n=8) -> list[str]:
+    """The study's BBQ prompts for the first ``n`` rows of one category, then the short ``PROMPTS``."""
     from selfcorrect import data
     from selfcorrect.conditions import Registry
     from selfcorrect.formats import render
 
     registry = Registry.load()
-    df = data.load_bbq(bbq_paths[:1]).head(8)
-    prompts = [render(registry.conversation("instruction", "bbq", ex, []), "chat", registry.data["dialogue"], engine.tokenizer)
-               for ex in df.to_dict("records")] + PROMPTS
-    monkeypatch.setattr(engine, "batch_size", len(prompts))
-    # a token the random model emits early in some rows (a quarter at least) but not in all becomes an end of sequence
+    df = data.load_bbq(bbq_paths[:1]).head(n)
+    return [render(registry.conversation("instruction", "bbq", ex, []), "chat", registry.data["dialogue"], engine.tokenizer)
+            for ex in df.to_dict("records")] + PROMPTS
+
+
+def greedy_ids(engine, prompts, n_new) -> list[list[int]]:
+    """Per example, the new tokens ``model.generate`` picks greedily."""
     ids = []
     for p in prompts:
         enc = engine.tokenizer(p, return_tensors="pt", add_special_tokens=False)
         with torch.inference_mode():
-            out = engine.model.generate(**enc, max_new_tokens=10, do_sample=False, pad_token_id=engine.tokenizer.pad_token_id)
+            out = engine.model.generate(**enc, max_new_tokens=n_new, do_sample=False, pad_token_id=engine.tokenizer.pad_token_id)
         ids.append(out[0, enc["input_ids"].shape[1]:].tolist())
+    return ids
+
+
+def end_some_rows_early(engine, prompts, monkeypatch, n_new) -> None:
+    """A token the random model emits early in some rows (a quarter at least) but not in all, and never first,
+    becomes an end of sequence, so that rows end at different steps."""
+    ids = greedy_ids(engine, prompts, n_new)
     stop = next(t for t in sorted({t for row in ids for t in row[1:]})
                 if len(prompts) // 4 <= sum(t in row[1:] for row in ids) < len(prompts) and not any(row[0] == t for row in ids))
     monkeypatch.setattr(engine.model.generation_config, "eos_token_id", [engine.tokenizer.eos_token_id, stop])
+
+
+def test_rows_that_finish_leave_the_batch_and_change_nothing(engine, bbq_paths, monkeypatch, record):
+    prompts = bbq_prompts(engine, bbq_paths)
+    monkeypatch.setattr(engine, "batch_size", len(prompts))
+    end_some_rows_early(engine, prompts, monkeypatch, 10)
     from selfcorrect.engine import decode
 
     left = record(decode, "rows_of", lambda cache, keep: len(keep))  # decoding's copies only, not prefill's

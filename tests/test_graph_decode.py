@@ -12,7 +12,7 @@ import torch
 from selfcorrect.engine import Engine, graph_decode
 from selfcorrect.models import ModelSpec, load_model
 
-from test_engine import PROMPTS, _study_job, naive
+from test_engine import PROMPTS, _study_job, bbq_prompts, end_some_rows_early, greedy_ids, naive
 
 
 @pytest.fixture(scope="module")
@@ -23,39 +23,9 @@ def engine(tiny_model):
     engine.forget()
 
 
-def _bbq_prompts(engine, bbq_paths, n=8):
-    from selfcorrect import data
-    from selfcorrect.conditions import Registry
-    from selfcorrect.formats import render
-
-    registry = Registry.load()
-    df = data.load_bbq(bbq_paths[:1]).head(n)
-    return [render(registry.conversation("instruction", "bbq", ex, []), "chat", registry.data["dialogue"], engine.tokenizer)
-            for ex in df.to_dict("records")] + PROMPTS
-
-
-def _ending_early(engine, prompts, monkeypatch, n_new):
-    """Make a token that the random model emits in some rows (not first, not in all) an end token, so that rows end
-    at different steps."""
-    ids = []
-    for p in prompts:
-        enc = engine.tokenizer(p, return_tensors="pt", add_special_tokens=False)
-        with torch.inference_mode():
-            out = engine.model.generate(**enc, max_new_tokens=n_new, do_sample=False, pad_token_id=engine.tokenizer.pad_token_id)
-        ids.append(out[0, enc["input_ids"].shape[1]:].tolist())
-    stop = next(t for t in sorted({t for row in ids for t in row[1:]})
-                if len(prompts) // 4 <= sum(t in row[1:] for row in ids) < len(prompts) and not any(row[0] == t for row in ids))
-    monkeypatch.setattr(engine.model.generation_config, "eos_token_id", [engine.tokenizer.eos_token_id, stop])
-
-
 def _every_row_ending(engine, prompts, monkeypatch):
     """End tokens that end every row within 12 tokens, not all at the same step (and none at the first token)."""
-    rows = []
-    for p in prompts:
-        enc = engine.tokenizer(p, return_tensors="pt", add_special_tokens=False)
-        with torch.inference_mode():
-            out = engine.model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=engine.tokenizer.pad_token_id)
-        rows.append(out[0, enc["input_ids"].shape[1]:].tolist())
+    rows = greedy_ids(engine, prompts, 12)
     firsts, stops = {row[0] for row in rows}, set()
     for n, row in enumerate(rows):
         if not stops & set(row[1:]):
@@ -64,9 +34,9 @@ def _every_row_ending(engine, prompts, monkeypatch):
 
 
 def test_the_window_gives_the_texts_of_per_example_generate_also_when_rows_end_early(engine, bbq_paths, monkeypatch):
-    prompts = _bbq_prompts(engine, bbq_paths)
+    prompts = bbq_prompts(engine, bbq_paths)
     monkeypatch.setattr(engine, "batch_size", len(prompts))
-    _ending_early(engine, prompts, monkeypatch, 20)
+    end_some_rows_early(engine, prompts, monkeypatch, 20)
     windows = []
     real = graph_decode._Decoder.__init__
     monkeypatch.setattr(graph_decode._Decoder, "__init__", lambda self, *a, **k: windows.append(1) or real(self, *a, **k))
@@ -95,19 +65,15 @@ def test_the_carried_cache_holds_every_fed_token_until_the_last_row_ends(engine,
     """Rows ending at different steps, one batch: the cache stored for the next round holds, per row, the prompt and
     every token fed back up to the step at which the last row ended (not the steps run after it), and the next
     round's answers are those of a cold start."""
-    prompts = _bbq_prompts(engine, bbq_paths)
+    prompts = bbq_prompts(engine, bbq_paths)
     monkeypatch.setattr(engine, "batch_size", len(prompts))
     monkeypatch.setattr(graph_decode, "_CHECK_EVERY", 19)  # every step runs before the host looks: 19 steps run
     _every_row_ending(engine, prompts, monkeypatch)
     keys = list(range(len(prompts)))
     tok = engine.tokenizer
     p_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    gens = []  # per row, the 20 tokens per-example generate picks, padded after the row's end as the engine pads
-    for ids in p_ids:
-        with torch.inference_mode():
-            out = engine.model.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False,
-                                        pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
-        gens.append(out + [tok.pad_token_id] * (20 - len(out)))
+    # per row, the 20 tokens per-example generate picks, padded after the row's end as the engine pads
+    gens = [g + [tok.pad_token_id] * (20 - len(g)) for g in greedy_ids(engine, prompts, 20)]
     ends = [next((i for i, t in enumerate(g) if t in engine.eos_ids), 20) for g in gens]
     n_fed = min(19, max(ends))  # decode.greedy's steps: until the last row has ended, at most 19
     assert len(set(ends)) > 2 and n_fed < 19  # rows did end, at different steps, and before the limit
