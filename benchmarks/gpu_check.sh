@@ -123,8 +123,8 @@ else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >&2 || true
   dir=$(shape_dir tiny) || exit 1
   run_step graph tiny 60 "$PY" - "$dir" "${data:-}" <<'EOF'
-"""graph_decode on CUDA in fp32 at the tiny shape, 64 CoT prompts, 32 tokens: captured (not fallen back to eager
-steps), and the same texts as the engine's own decoding; batched generate's agreement with each beside it."""
+"""graph_decode on CUDA in fp32 at the tiny shape, 64 CoT prompts, 32 tokens: captured (a failed capture raises), and
+the same texts as the engine's own decoding; batched generate's agreement with each beside it."""
 import argparse
 import json
 import sys
@@ -148,7 +148,7 @@ captures, real = [], graph_decode._capture
 
 def counted(eng, decoder, stream):
     graph = real(eng, decoder, stream)
-    captures.append(graph is not None)
+    captures.append(graph)
     return graph
 
 
@@ -162,11 +162,11 @@ def run(graphs: bool):
     t = time.perf_counter()
     out = eng.generate(cot, 32)
     torch.cuda.synchronize()
-    return out, round(time.perf_counter() - t, 3), eng.graph_decode
+    return out, round(time.perf_counter() - t, 3)
 
 
-eager, eager_s, _ = run(False)
-graphed, graph_s, still = run(True)
+eager, eager_s = run(False)
+graphed, graph_s = run(True)
 hf = g.hf_batched_generate(model, tok, cot, 32, len(cot), "cuda", Engine(model, tok, "cuda").eos_ids)[0]
 
 
@@ -174,11 +174,10 @@ def same(a, b):
     return round(sum(x == y for x, y in zip(a, b)) / len(a), 4)
 
 
-print(json.dumps({"prompts": len(cot), "new_tokens": 32, "dtype": "float32", "captures": captures.count(True),
-                  "capture_failures": captures.count(False), "graph_decode_kept": still,
+print(json.dumps({"prompts": len(cot), "new_tokens": 32, "dtype": "float32", "captures": len(captures),
                   "graph_same_as_engine": same(graphed, eager), "engine_same_as_hf_batched": same(eager, hf),
                   "graph_same_as_hf_batched": same(graphed, hf), "engine_s": eager_s, "graph_s": graph_s}))
-sys.exit(0 if still and captures and all(captures) and graphed == eager else 1)
+sys.exit(0 if captures and graphed == eager else 1)
 EOF
   for shape in $shapes; do
     # 135M took 148 s in its first run on an H100 (static-cache compiles and the naive loop); the engine's runs with

@@ -21,8 +21,10 @@ columns not yet written are masked out, and rows that have ended feed padding as
 - the cache carried to the next round holds every row's tokens up to the last row's end, where ``decode.greedy``'s
   stops at the step where finished rows first left the batch; the next round then encodes fewer new tokens.
 
-Off CUDA the same loop runs without a graph (the tests' path). If a capture fails for any reason but memory, the
-batch goes on with the same step run eagerly, and the engine stops capturing (logged once).
+Off CUDA the same loop runs without a graph (the tests' path). A capture that runs out of memory is raised as such
+(the batch is halved and retried, as any other); one that fails otherwise stops the job with the error and the
+setting that turns graphs off. It is not caught and run eagerly instead: when a capture is invalidated, torch's
+``capture_end`` raises before the caching allocator leaves capture mode, so the process cannot be trusted to go on.
 """
 
 from __future__ import annotations
@@ -136,9 +138,16 @@ class _Decoder:
         self.step_index.add_(1)
 
 
+class GraphCaptureError(RuntimeError):
+    """A decode step could not be captured as a CUDA graph (for a reason other than memory)."""
+
+
 def _capture(eng: Engine, decoder: _Decoder, stream):
-    """One step of ``decoder`` captured as a CUDA graph on ``stream`` (recorded, not run: the state does not move);
-    None if capturing failed for a reason other than memory, after which the engine captures no more."""
+    """One step of ``decoder`` captured as a CUDA graph on ``stream`` (recorded, not run: the state does not move).
+
+    Running out of memory is raised as it came (the batch is halved and retried); any other failure as a
+    ``GraphCaptureError`` that names the setting to turn graphs off.
+    """
     import torch
 
     from .memory import is_oom
@@ -149,13 +158,13 @@ def _capture(eng: Engine, decoder: _Decoder, stream):
         # torch.cuda.graph's own exit would leave ``stream`` current
         with torch.cuda.stream(stream), torch.cuda.graph(graph, pool=eng._graph_pool, stream=stream):
             decoder.step()
-    except Exception as err:  # what a capture raises varies with the kernel that refused: all but memory fall back
+    except Exception as err:  # what a capture raises varies with the kernel that refused
         if is_oom(err, eng.device):
             raise
-        eng.graph_decode = False
-        log.warning("capturing a decode step as a CUDA graph failed (%s): this engine decodes eagerly from now on",
-                    str(err).splitlines()[0][:300] if str(err) else type(err).__name__)
-        return None
+        first = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        raise GraphCaptureError(f"capturing a decode step as a CUDA graph failed ({first}); set generation.graph_decode: "
+                                f"false in the config (or snakemake --config 'generation={{graph_decode: false}}') to "
+                                f"decode without CUDA graphs") from err
     return graph
 
 
