@@ -75,13 +75,19 @@ def greedy(eng: Engine, last, mask, position, cache, max_new_tokens: int):
         done |= torch.isin(nxt, eos)
     kept = mask if kept is None else kept
     n_fed = kept.shape[1] - prompt_width
-    texts, fed = [], []
-    for row in gen.tolist():
-        cut = next((i for i, t in enumerate(row) if t in eng.eos_ids), len(row))
-        texts.append(stopped_text(eng.tokenizer.decode(row[:cut], skip_special_tokens=True), eng.stop_strings,
-                                  reached_limit=cut == len(row)))
-        fed.append(row[:n_fed])
-    return texts, fed, kept
+    rows = gen.tolist()
+    texts, _ = answer_texts(eng, rows)
+    return texts, [row[:n_fed] for row in rows], kept
+
+
+def answer_texts(eng: Engine, rows: list[list[int]]):
+    """Each decoded row's text (up to its first end token, special tokens dropped, cut at the first stop string),
+    and where each row's answer ends: at that end token, else at the row's length (the token limit)."""
+    eos = eng.eos_ids
+    ends = [next((i for i, t in enumerate(row) if t in eos), len(row)) for row in rows]
+    texts = [stopped_text(eng.tokenizer.decode(row[:cut], skip_special_tokens=True), eng.stop_strings,
+                          reached_limit=cut == len(row)) for row, cut in zip(rows, ends)]
+    return texts, ends
 
 
 def sequence_scores(eng: Engine, p_ids: list[list[int]], o_ids: list[list[list[int]]], desc: str) -> list[list[float]]:

@@ -31,16 +31,13 @@ from __future__ import annotations
 
 import copy
 import functools
-import logging
 from typing import TYPE_CHECKING
 
-from .backend import stopped_text
+from .decode import answer_texts
 from .kv import _views_of, all_growing
 
 if TYPE_CHECKING:
     from .engine import Engine
-
-log = logging.getLogger(__name__)
 
 _CHECK_EVERY = 8  # steps replayed between two reads of ``done`` on the host (each read waits for the GPU)
 _WARM_UP = 2  # steps run eagerly on the capture's stream before the capture (cuBLAS and the allocator set up there)
@@ -185,13 +182,6 @@ def _graph_after_warm_up(eng: Engine, decoder: _Decoder, steps: int) -> tuple[ob
     return (_capture(eng, decoder, stream) if run < steps else None), run
 
 
-def _steps_fed(gen: list[list[int]], eos_ids: set[int], steps: int) -> tuple[list[int], int]:
-    """Where each row's answer ends (its first end token, else its length), and how many tokens ``decode.greedy``
-    would have fed back: it steps until every row has ended, at most ``steps`` times."""
-    ends = [next((i for i, t in enumerate(row) if t in eos_ids), len(row)) for row in gen]
-    return ends, min(steps, max(ends))
-
-
 def greedy_in_window(eng: Engine, last, mask, position, cache, max_new_tokens: int):
     """``decode.greedy``'s results (texts, the tokens fed per row, the mask of the cache) by the fixed-window loop.
 
@@ -211,10 +201,10 @@ def greedy_in_window(eng: Engine, last, mask, position, cache, max_new_tokens: i
             run += 1
     del graph
     gen = decoder.gen.tolist()
-    ends, n_fed = _steps_fed(gen, eng.eos_ids, steps)
+    texts, ends = answer_texts(eng, gen)
+    # decode.greedy feeds tokens back until every row has ended, at most ``steps`` of them
+    n_fed = min(steps, max(ends))
     eng._processed = eng._processed + len(gen) * run  # the steps run, those after the last row's end too
     for layer in cache.layers:
         layer.adopt(*layer._buffers, decoder.width + n_fed)
-    texts = [stopped_text(eng.tokenizer.decode(row[:cut], skip_special_tokens=True), eng.stop_strings,
-                          reached_limit=cut == len(row)) for row, cut in zip(gen, ends)]
     return texts, [row[:n_fed] for row in gen], decoder.mask[:, :decoder.width + n_fed]
