@@ -11,7 +11,7 @@ import torch
 from selfcorrect.engine import Engine, graph_decode
 from selfcorrect.models import ModelSpec, load_model
 
-from test_engine import PROMPTS, _study_job, bbq_prompts, end_some_rows_early, greedy_ids, naive
+from test_engine import PROMPTS, _study_job, bbq_prompts, end_some_rows_early, greedy_ids, naive, record  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +32,17 @@ def _every_row_ending(engine, prompts, monkeypatch):
     monkeypatch.setattr(engine.model.generation_config, "eos_token_id", [engine.tokenizer.eos_token_id, *sorted(stops)])
 
 
-def test_the_window_gives_the_texts_of_per_example_generate_also_when_rows_end_early(engine, bbq_paths, monkeypatch):
+def _windows(record) -> list:
+    """One entry per batch that decodes in the fixed window, from here on."""
+    return record(graph_decode._Decoder, "__init__", lambda *args, **kwargs: 1)
+
+
+def test_the_window_gives_the_texts_of_per_example_generate_also_when_rows_end_early(engine, bbq_paths, monkeypatch,
+                                                                                    record):
     prompts = bbq_prompts(engine, bbq_paths)
     monkeypatch.setattr(engine, "batch_size", len(prompts))
     end_some_rows_early(engine, prompts, monkeypatch, 20)
-    windows = []
-    real = graph_decode._Decoder.__init__
-    monkeypatch.setattr(graph_decode._Decoder, "__init__", lambda self, *a, **k: windows.append(1) or real(self, *a, **k))
+    windows = _windows(record)
     texts = engine.generate(prompts, 20)
     assert windows  # the fixed-window loop ran
     assert texts == [naive(engine, p, 20) for p in prompts]
@@ -50,10 +54,8 @@ def test_the_window_gives_the_texts_of_per_example_generate_also_when_rows_end_e
     assert [t.reached_limit for t in texts] == [t.reached_limit for t in plain]
 
 
-def test_too_few_steps_decode_as_before(engine, monkeypatch):
-    windows = []
-    real = graph_decode._Decoder.__init__
-    monkeypatch.setattr(graph_decode._Decoder, "__init__", lambda self, *a, **k: windows.append(1) or real(self, *a, **k))
+def test_too_few_steps_decode_as_before(engine, record):
+    windows = _windows(record)
     short = engine.generate(PROMPTS, graph_decode.MIN_STEPS)  # MIN_STEPS - 1 steps after the first token
     assert not windows and short == [naive(engine, p, graph_decode.MIN_STEPS) for p in PROMPTS]
     engine.generate(PROMPTS, graph_decode.MIN_STEPS + 1)
@@ -110,11 +112,8 @@ def test_a_study_with_stages_and_rounds_changes_nothing_but_the_work(engine, bbq
         assert list(a) == pytest.approx(list(b), abs=1e-4)
 
 
-def test_rows_that_all_end_at_their_first_token_run_no_step_on_cpu(engine, monkeypatch):
-    steps, windows = [], []
-    real, real_init = graph_decode._Decoder.step, graph_decode._Decoder.__init__
-    monkeypatch.setattr(graph_decode._Decoder, "step", lambda self: steps.append(1) or real(self))
-    monkeypatch.setattr(graph_decode._Decoder, "__init__", lambda self, *a, **k: windows.append(1) or real_init(self, *a, **k))
+def test_rows_that_all_end_at_their_first_token_run_no_step_on_cpu(engine, monkeypatch, record):
+    windows, steps = _windows(record), record(graph_decode._Decoder, "step", lambda self: 1)
     every = set(range(len(engine.tokenizer)))
     monkeypatch.setattr(type(engine), "eos_ids", property(lambda self: every))
     keys = list(range(len(PROMPTS)))
