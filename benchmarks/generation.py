@@ -168,6 +168,12 @@ def generation_bound_s(prefill_tokens: int, answer_lengths: list[int], batch: in
 
 # ------------------------------------------------------------------ model and prompts
 
+def default_data() -> Path:
+    """The workflow's downloaded data, else the shared copy beside the project (the folder holding ``bbq/``)."""
+    return next((p for p in (ROOT / "resources" / "data", ROOT.parent / "shared" / "data") if (p / "bbq").is_dir()),
+                ROOT / "resources" / "data")
+
+
 def load(args, device):
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -317,8 +323,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model-dir", default=str(ROOT / "resources" / "models" / "smollm2-135m-instruct"))
     ap.add_argument("--random-weights", help="directory with config.json + tokenizer: same architecture, random weights")
-    ap.add_argument("--data", default=str(next((p for p in (ROOT / "resources" / "data", ROOT.parent / "shared" / "data")
-                                                if (p / "bbq").is_dir()), ROOT / "resources" / "data")))
+    ap.add_argument("--data", default=str(default_data()))
     args = ap.parse_args()
     args.n = args.n or (64 if args.quick else 96)
     args.naive_n = (12 if args.quick else None) if args.naive_n is None else args.naive_n

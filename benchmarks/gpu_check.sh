@@ -129,7 +129,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 sys.path[:0] = ["benchmarks", "src"]
 import torch  # noqa: E402
@@ -139,7 +138,7 @@ from selfcorrect.engine import Engine, graph_decode  # noqa: E402
 
 shape, data = sys.argv[1], sys.argv[2]
 args = argparse.Namespace(random_weights=shape, n=64, model_dir=None,
-                          data=data or str(next((p for p in (Path("resources/data"), Path("../shared/data")) if (p / "bbq").is_dir()), "")))
+                          data=data or str(g.default_data()))
 model, tok, _ = g.load(args, "cuda")
 model = model.float()  # fp32: the paths' texts compared where bf16 rounding would flip random weights' near-ties
 _, _, cot, _ = g.prompts_for(args, tok, g.Registry.load())
@@ -201,7 +200,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 sys.path[:0] = ["benchmarks", "src"]
 import torch  # noqa: E402
@@ -211,7 +209,7 @@ from selfcorrect.engine import Engine  # noqa: E402
 
 shape, data = sys.argv[1], sys.argv[2]
 args = argparse.Namespace(random_weights=shape, n=256, model_dir=None,
-                          data=data or str(next((p for p in (Path("resources/data"), Path("../shared/data")) if (p / "bbq").is_dir()), "")))
+                          data=data or str(g.default_data()))
 model, tok, _ = g.load(args, "cuda")
 _, _, cot, _ = g.prompts_for(args, tok, g.Registry.load())
 cfg, new_tokens = model.config, 128
