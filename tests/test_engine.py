@@ -328,6 +328,64 @@ def test_grouped_attention_equals_transformers_sdpa_under_a_padding_mask():
         assert torch.allclose(got, want, atol=1e-6)
 
 
+@pytest.mark.parametrize("rows_of_hidden", [1, 2, 3, 16, 64])
+def test_the_output_product_in_slices_gives_the_same_bits_at_smollm2s_shape(rows_of_hidden):
+    from selfcorrect.engine.output_layer import slice_rows, sliced_linear
+
+    torch.manual_seed(rows_of_hidden)
+    weight, hidden = torch.randn(49152, 576) * 0.05, torch.randn(rows_of_hidden, 1, 576)  # a decoding step's input
+    rows = slice_rows(len(weight))
+    assert rows == 1024
+    assert torch.equal(sliced_linear(hidden, weight, None, rows), torch.nn.functional.linear(hidden, weight))
+
+
+def test_the_output_product_in_slices_adds_each_slices_bias():
+    from selfcorrect.engine.output_layer import sliced_linear
+
+    torch.manual_seed(0)
+    hidden, weight, bias = torch.randn(3, 40), torch.randn(1024, 40), torch.randn(1024)
+    assert torch.equal(sliced_linear(hidden, weight, bias, 256), torch.nn.functional.linear(hidden, weight, bias))
+
+
+def test_a_vocabulary_in_no_equal_slices_is_left_whole():
+    from selfcorrect.engine.output_layer import slice_rows
+
+    # Llama-2's 32,000 = 125 x 256; an odd vocabulary would need a last slice of another width, which can give other
+    # bits (49,153 did); one slice would be the whole product
+    assert [slice_rows(n) for n in (32000, 49152, 49153, 600, 1024)] == [256, 1024, None, None, 512]
+
+
+def test_the_engine_slices_the_output_layer_on_cpu_and_the_study_sees_the_same_numbers(tiny_model, bbq_paths,
+                                                                                       monkeypatch):
+    from selfcorrect.engine import output_layer
+    from selfcorrect.engine.output_layer import use_sliced_output_layer, use_stock_output_layer
+
+    model, tok = load_model(ModelSpec(name="tiny", path=str(tiny_model)), "cpu")
+    head = model.get_output_embeddings()
+    weight = head.weight
+    monkeypatch.setattr(output_layer, "SLICE_ROWS_CHOICES", (head.out_features // 4,))  # the tiny vocabulary in 4
+    eng = Engine(model, tok, "cpu", batch_size=4, progress=False)
+    assert "forward" in vars(head)  # the engine sliced it
+    prompts = bbq_prompts(eng, bbq_paths)
+    ids = tok(prompts[:4], return_tensors="pt", padding=True)
+    runs = {}
+    for name in ("stock", "sliced"):
+        use_stock_output_layer(model)
+        if name == "sliced":
+            assert use_sliced_output_layer(model)
+            assert "forward" in vars(head)
+        else:
+            assert "forward" not in vars(head)
+        with torch.inference_mode():
+            logits = model(**ids).logits
+        texts, scores = eng.answer(prompts, 6, [["a", "b", "c"]] * len(prompts))
+        runs[name] = (logits, texts, scores)
+        eng.forget()
+    assert torch.equal(runs["stock"][0], runs["sliced"][0])
+    assert runs["stock"][1:] == runs["sliced"][1:]
+    assert head.weight is weight and model.get_output_embeddings() is head  # the layer and its weights untouched
+
+
 def bbq_prompts(engine, bbq_paths, n=8) -> list[str]:
     """The study's BBQ prompts for the first ``n`` rows of one category, then the short ``PROMPTS``."""
     from selfcorrect import data

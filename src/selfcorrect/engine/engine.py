@@ -63,11 +63,13 @@ class Engine:
 
     def __post_init__(self):
         from .attention import use_grouped_attention
+        from .output_layer import use_sliced_output_layer
 
         if self.split_cost is None:
             self.split_cost = 4096 if str(self.device).startswith("cuda") else 32
         if str(self.device) == "cpu":
             use_grouped_attention(self.model)
+            use_sliced_output_layer(self.model)
         self._sizer = BatchSizer(self.batch_size)
         self._free_bytes = free_memory(self.device)
         try:
