@@ -228,8 +228,7 @@ def stock_model(model):
     engine_choice = model.config._attn_implementation
     if "grouped" in str(engine_choice):
         model.set_attn_implementation("sdpa")
-    sliced = "forward" in vars(model.get_output_embeddings())
-    use_stock_output_layer(model)
+    sliced = use_stock_output_layer(model)
     try:
         yield model
     finally:

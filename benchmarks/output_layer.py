@@ -12,6 +12,7 @@ ratio, and whether the two ways gave the same logits, bit for bit.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import statistics
 import sys
@@ -37,8 +38,11 @@ def step_times(model, rows: int, cached: int, repeats: int) -> tuple[dict[str, l
         token = torch.randint(0, model.config.vocab_size, (rows, 1))
         position = torch.full((rows, 1), cached)
 
+        cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
         def step():
-            logits = model(input_ids=token, position_ids=position, cache=cache, use_cache=True, logits_to_keep=1).logits
+            logits = model(input_ids=token, position_ids=position, use_cache=True, logits_to_keep=1,
+                           **{cache_argument: cache}).logits
             cache.crop(-1)
             return logits
 

@@ -82,6 +82,26 @@ def test_baselines_run_on_the_attention_the_user_loaded(bench, model_and_tok, bb
     assert model.config._attn_implementation == engines_choice
 
 
+def test_baselines_run_on_the_output_layer_the_user_loaded(bench, model_and_tok, bbq_prompts, monkeypatch):
+    """On CPU the engine computes the output layer in slices of the vocabulary: the baselines run the stock layer,
+    and the engine gets its slices back."""
+    from selfcorrect.engine import output_layer
+
+    model, tok = model_and_tok
+    head = model.get_output_embeddings()
+    width = next(w for w in range(head.out_features // 2, 1, -1) if head.out_features % w == 0)
+    monkeypatch.setattr(output_layer, "SLICE_ROWS_CHOICES", (width,))
+    assert output_layer.use_sliced_output_layer(model)
+    seen = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: (seen.append(output_layer.is_sliced(head)), real(**kw))[1])
+    bench.hf_batched_generate(model, tok, bbq_prompts[:2], 2, 2, "cpu", {tok.eos_token_id})
+    bench.naive_generate(model, tok, bbq_prompts[:1], 2, "cpu", {tok.eos_token_id})
+    assert seen == [False, False]
+    assert output_layer.is_sliced(head)
+    output_layer.use_stock_output_layer(model)
+
+
 def test_answer_of_cuts_at_the_first_end_token_and_counts_it(bench):
     assert bench.answer_of([5, 6, 2, 2, 2], {2}) == ([5, 6], 3)
     assert bench.answer_of([5, 6, 7], {2}) == ([5, 6, 7], 3)  # cut at the maximum: no end token

@@ -328,15 +328,18 @@ def test_grouped_attention_equals_transformers_sdpa_under_a_padding_mask():
         assert torch.allclose(got, want, atol=1e-6)
 
 
-@pytest.mark.parametrize("rows_of_hidden", [1, 2, 3, 16, 64])
+@pytest.mark.parametrize("rows_of_hidden", [1, 2, 3, 16, 64, 128])
 def test_the_output_product_in_slices_gives_the_same_bits_at_smollm2s_shape(rows_of_hidden):
     from selfcorrect.engine.output_layer import slice_rows, sliced_linear
 
     torch.manual_seed(rows_of_hidden)
-    weight, hidden = torch.randn(49152, 576) * 0.05, torch.randn(rows_of_hidden, 1, 576)  # a decoding step's input
+    weight = torch.randn(49152, 576) * 0.05
     rows = slice_rows(len(weight))
     assert rows == 1024
-    assert torch.equal(sliced_linear(hidden, weight, None, rows), torch.nn.functional.linear(hidden, weight))
+    step = torch.randn(rows_of_hidden, 1, 576)  # a decoding step's input
+    prefill_last = torch.randn(rows_of_hidden, 7, 576)[:, -1:]  # prefill keeps the last position: a strided view
+    for hidden in (step, prefill_last):
+        assert torch.equal(sliced_linear(hidden, weight, None, rows), torch.nn.functional.linear(hidden, weight))
 
 
 def test_the_output_product_in_slices_adds_each_slices_bias():
@@ -356,34 +359,52 @@ def test_a_vocabulary_in_no_equal_slices_is_left_whole():
 
 
 def test_the_engine_slices_the_output_layer_on_cpu_and_the_study_sees_the_same_numbers(tiny_model, bbq_paths,
-                                                                                       monkeypatch):
+                                                                                       monkeypatch, record):
     from selfcorrect.engine import output_layer
-    from selfcorrect.engine.output_layer import use_sliced_output_layer, use_stock_output_layer
+    from selfcorrect.engine.output_layer import is_sliced, use_sliced_output_layer, use_stock_output_layer
 
     model, tok = load_model(ModelSpec(name="tiny", path=str(tiny_model)), "cpu")
     head = model.get_output_embeddings()
     weight = head.weight
-    monkeypatch.setattr(output_layer, "SLICE_ROWS_CHOICES", (head.out_features // 4,))  # the tiny vocabulary in 4
+    width = next(w for w in range(head.out_features // 2, 1, -1) if head.out_features % w == 0)
+    monkeypatch.setattr(output_layer, "SLICE_ROWS_CHOICES", (width,))  # the tiny vocabulary in (at least) two slices
     eng = Engine(model, tok, "cpu", batch_size=4, progress=False)
-    assert "forward" in vars(head)  # the engine sliced it
+    assert is_sliced(head)  # the engine sliced it
     prompts = bbq_prompts(eng, bbq_paths)
     ids = tok(prompts[:4], return_tensors="pt", padding=True)
+    slices = record(output_layer, "sliced_linear", lambda hidden, weight, bias, rows: rows)
     runs = {}
     for name in ("stock", "sliced"):
-        use_stock_output_layer(model)
+        assert use_stock_output_layer(model) == (name == "stock")  # the engine's slices, undone; then nothing to undo
         if name == "sliced":
-            assert use_sliced_output_layer(model)
-            assert "forward" in vars(head)
+            assert use_sliced_output_layer(model) and is_sliced(head)
         else:
             assert "forward" not in vars(head)
+        before = len(slices)
         with torch.inference_mode():
             logits = model(**ids).logits
         texts, scores = eng.answer(prompts, 6, [["a", "b", "c"]] * len(prompts))
+        assert (len(slices) > before) == (name == "sliced")  # the slices ran, and only where switched on
         runs[name] = (logits, texts, scores)
         eng.forget()
+    assert set(slices) == {width}
     assert torch.equal(runs["stock"][0], runs["sliced"][0])
     assert runs["stock"][1:] == runs["sliced"][1:]
     assert head.weight is weight and model.get_output_embeddings() is head  # the layer and its weights untouched
+
+
+def test_an_output_layer_someone_else_replaced_is_left_alone(tiny_model):
+    from types import SimpleNamespace
+
+    from selfcorrect.engine.output_layer import use_sliced_output_layer, use_stock_output_layer
+
+    model, _ = load_model(ModelSpec(name="tiny", path=str(tiny_model)), "cpu")
+    head = model.get_output_embeddings()
+    hook = head.forward = lambda hidden: torch.nn.functional.linear(hidden, head.weight)  # e.g. accelerate's hooks
+    assert not use_sliced_output_layer(model, choices=(head.out_features // 2,))
+    assert not use_stock_output_layer(model)
+    assert head.forward is hook  # neither took it off
+    assert not use_sliced_output_layer(SimpleNamespace())  # a stand-in model without layers
 
 
 def bbq_prompts(engine, bbq_paths, n=8) -> list[str]:
