@@ -31,11 +31,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup paper test report clean
 
-# pip byte-compiles every file it installs, one after the other: 80 of the 117 s that installing requirements.lock
-# took on this project's 2-core machine, for 15,700 files of which the workflow and the tests import about 3,800. So
-# the install skips it, and the modules they import are compiled by importing them once with bytecode writing on
-# (PYTHONDONTWRITEBYTECODE emptied: a user who sets it would otherwise have every job compile them again); 38 + 39 s
-# in all. Anything else compiles when first imported, as Python does for any uncompiled module.
+# pip byte-compiles every file it installs, one after the other: installing requirements.lock took 117 s on this
+# project's 2-core machine, 38-56 s without (15,700 files, of which the workflow and the tests import about 3,800).
+# So the install skips it, and the modules they import are compiled by importing them once with bytecode writing on
+# (PYTHONDONTWRITEBYTECODE emptied: a user who sets it would otherwise have every job compile them again), 39 s.
+# Anything else compiles when first imported, as Python does for any uncompiled module. An import that fails here
+# stops the setup, as it would stop the jobs.
 WARM_IMPORTS = torch transformers transformers.models.llama.modeling_llama transformers.models.auto.modeling_auto \
 	transformers.models.auto.tokenization_auto transformers.generation.utils safetensors.torch tokenizers accelerate \
 	numpy pandas pyarrow.parquet scipy.stats yaml jsonschema tqdm seaborn matplotlib.pyplot \

@@ -42,7 +42,7 @@ import torch  # noqa: E402
 from selfcorrect import data  # noqa: E402
 from selfcorrect.conditions import Registry, RoundRecord  # noqa: E402
 from selfcorrect.engine import Engine  # noqa: E402
-from selfcorrect.engine.output_layer import use_sliced_output_layer, use_stock_output_layer  # noqa: E402
+from selfcorrect.engine.output_layer import is_sliced, use_stock_output_layer  # noqa: E402
 from selfcorrect.formats import render  # noqa: E402
 
 
@@ -228,14 +228,16 @@ def stock_model(model):
     engine_choice = model.config._attn_implementation
     if "grouped" in str(engine_choice):
         model.set_attn_implementation("sdpa")
-    sliced = use_stock_output_layer(model)
+    head = model.get_output_embeddings()
+    sliced = vars(head).get("forward") if is_sliced(head) else None
+    use_stock_output_layer(model)
     try:
         yield model
     finally:
         if model.config._attn_implementation != engine_choice:
             model.set_attn_implementation(engine_choice)
-        if sliced:
-            use_sliced_output_layer(model)
+        if sliced is not None:
+            head.forward = sliced  # the engine's slices as they were
 
 
 def answer_of(row: list[int], eos: set[int]) -> tuple[list[int], int]:

@@ -380,11 +380,11 @@ def test_the_engine_slices_the_output_layer_on_cpu_and_the_study_sees_the_same_n
             assert use_sliced_output_layer(model) and is_sliced(head)
         else:
             assert "forward" not in vars(head)
-        before = len(slices)
         with torch.inference_mode():
             logits = model(**ids).logits
+        before = len(slices)
         texts, scores = eng.answer(prompts, 6, [["a", "b", "c"]] * len(prompts))
-        assert (len(slices) > before) == (name == "sliced")  # the slices ran, and only where switched on
+        assert (len(slices) > before) == (name == "sliced")  # the engine's own steps ran the slices, where on
         runs[name] = (logits, texts, scores)
         eng.forget()
     assert set(slices) == {width}
@@ -393,14 +393,34 @@ def test_the_engine_slices_the_output_layer_on_cpu_and_the_study_sees_the_same_n
     assert head.weight is weight and model.get_output_embeddings() is head  # the layer and its weights untouched
 
 
+def test_one_row_and_tensors_off_the_cpu_take_the_whole_product(tiny_model, record):
+    from selfcorrect.engine import output_layer
+
+    model, _ = load_model(ModelSpec(name="tiny", path=str(tiny_model)), "cpu")
+    head = model.get_output_embeddings()
+    assert output_layer.use_sliced_output_layer(model, choices=(head.out_features // 2,))
+    slices = record(output_layer, "sliced_linear", lambda *args: args[-1])
+    one_row = torch.randn(1, 1, head.in_features)
+    assert torch.equal(head(one_row), torch.nn.functional.linear(one_row, head.weight))
+    assert head(torch.empty(3, 1, head.in_features, device="meta")).shape == (3, 1, head.out_features)
+    assert slices == []
+    head(torch.randn(2, 1, head.in_features))
+    assert slices == [head.out_features // 2]  # two rows on CPU: the slices
+
+
 def test_an_output_layer_someone_else_replaced_is_left_alone(tiny_model):
+    import functools
     from types import SimpleNamespace
 
     from selfcorrect.engine.output_layer import use_sliced_output_layer, use_stock_output_layer
 
     model, _ = load_model(ModelSpec(name="tiny", path=str(tiny_model)), "cpu")
     head = model.get_output_embeddings()
-    hook = head.forward = lambda hidden: torch.nn.functional.linear(hidden, head.weight)  # e.g. accelerate's hooks
+
+    def new_forward(module, hidden):
+        return torch.nn.functional.linear(hidden, module.weight)
+
+    hook = head.forward = functools.partial(new_forward, head)  # as accelerate's hooks set it
     assert not use_sliced_output_layer(model, choices=(head.out_features // 2,))
     assert not use_stock_output_layer(model)
     assert head.forward is hook  # neither took it off
