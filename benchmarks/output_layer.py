@@ -12,7 +12,6 @@ ratio, and whether the two ways gave the same logits, bit for bit.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import statistics
 import sys
@@ -26,11 +25,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 
 import generation  # noqa: E402
-from selfcorrect.engine.attention import use_grouped_attention  # noqa: E402
+from selfcorrect.engine import Engine  # noqa: E402
 from selfcorrect.engine.output_layer import use_sliced_output_layer, use_stock_output_layer  # noqa: E402
 
 
-def step_times(model, rows: int, cached: int, repeats: int) -> tuple[dict[str, list[float]], bool]:
+def step_times(engine: Engine, rows: int, cached: int, repeats: int) -> tuple[dict[str, list[float]], bool]:
+    model = engine.model
     torch.manual_seed(0)
     with torch.inference_mode():
         cache = model(input_ids=torch.randint(0, model.config.vocab_size, (rows, cached)), use_cache=True,
@@ -38,11 +38,9 @@ def step_times(model, rows: int, cached: int, repeats: int) -> tuple[dict[str, l
         token = torch.randint(0, model.config.vocab_size, (rows, 1))
         position = torch.full((rows, 1), cached)
 
-        cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
         def step():
             logits = model(input_ids=token, position_ids=position, use_cache=True, logits_to_keep=1,
-                           **{cache_argument: cache}).logits
+                           **{engine.cache_argument: cache}).logits
             cache.crop(-1)
             return logits
 
@@ -68,12 +66,12 @@ def main() -> None:
     ap.add_argument("--model-dir", default=str(ROOT / "resources" / "models" / "smollm2-135m-instruct"))
     args = ap.parse_args()
     load_args = argparse.Namespace(random_weights=None, model_dir=args.model_dir)
-    model, _, _ = generation.load(load_args, "cpu")
-    use_grouped_attention(model)
+    model, tok, _ = generation.load(load_args, "cpu")
+    engine = Engine(model, tok, "cpu", progress=False)  # its grouped attention; its slices are switched per step
     out = {"rows": args.rows, "cached": args.cached, "repeats": args.repeats, "torch": torch.__version__}
     for threads in args.threads:
         torch.set_num_threads(threads)
-        times, same = step_times(model, args.rows, args.cached, args.repeats)
+        times, same = step_times(engine, args.rows, args.cached, args.repeats)
         whole, sliced = (statistics.median(times[w]) for w in ("whole", "sliced"))
         print(f"{threads} thread(s): whole {[round(t * 1e3, 1) for t in times['whole']]} ms, "
               f"sliced {[round(t * 1e3, 1) for t in times['sliced']]} ms", flush=True)

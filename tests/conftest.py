@@ -82,6 +82,12 @@ def build_tiny_model(out: Path, chat: bool = True, seed: int = 0) -> Path:
     return out
 
 
+def slice_width(out_features: int) -> int:
+    """The widest width that cuts an output layer of ``out_features`` rows into two or more equal slices: the tiny
+    model's vocabulary is too small for the engine's own widths (``output_layer.SLICE_ROWS_CHOICES``)."""
+    return next(w for w in range(out_features // 2, 1, -1) if out_features % w == 0)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))

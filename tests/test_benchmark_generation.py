@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import slice_width
 from selfcorrect.models import ModelSpec, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,8 +90,7 @@ def test_baselines_run_on_the_output_layer_the_user_loaded(bench, model_and_tok,
 
     model, tok = model_and_tok
     head = model.get_output_embeddings()
-    width = next(w for w in range(head.out_features // 2, 1, -1) if head.out_features % w == 0)
-    monkeypatch.setattr(output_layer, "SLICE_ROWS_CHOICES", (width,))
+    monkeypatch.setattr(output_layer, "SLICE_ROWS_CHOICES", (slice_width(head.out_features),))
     assert output_layer.use_sliced_output_layer(model)
     seen = []
     real = model.generate

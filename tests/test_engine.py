@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import slice_width
 from selfcorrect.engine import Engine, normalise
 from selfcorrect.engine.decode import sequence_scores
 from selfcorrect.engine.memory import BatchSizer
@@ -366,8 +367,8 @@ def test_the_engine_slices_the_output_layer_on_cpu_and_the_study_sees_the_same_n
     model, tok = load_model(ModelSpec(name="tiny", path=str(tiny_model)), "cpu")
     head = model.get_output_embeddings()
     weight = head.weight
-    width = next(w for w in range(head.out_features // 2, 1, -1) if head.out_features % w == 0)
-    monkeypatch.setattr(output_layer, "SLICE_ROWS_CHOICES", (width,))  # the tiny vocabulary in (at least) two slices
+    width = slice_width(head.out_features)
+    monkeypatch.setattr(output_layer, "SLICE_ROWS_CHOICES", (width,))
     eng = Engine(model, tok, "cpu", batch_size=4, progress=False)
     assert is_sliced(head)  # the engine sliced it
     prompts = bbq_prompts(eng, bbq_paths)
@@ -398,14 +399,15 @@ def test_one_row_and_tensors_off_the_cpu_take_the_whole_product(tiny_model, reco
 
     model, _ = load_model(ModelSpec(name="tiny", path=str(tiny_model)), "cpu")
     head = model.get_output_embeddings()
-    assert output_layer.use_sliced_output_layer(model, choices=(head.out_features // 2,))
+    width = slice_width(head.out_features)
+    assert output_layer.use_sliced_output_layer(model, choices=(width,))
     slices = record(output_layer, "sliced_linear", lambda *args: args[-1])
     one_row = torch.randn(1, 1, head.in_features)
     assert torch.equal(head(one_row), torch.nn.functional.linear(one_row, head.weight))
     assert head(torch.empty(3, 1, head.in_features, device="meta")).shape == (3, 1, head.out_features)
     assert slices == []
     head(torch.randn(2, 1, head.in_features))
-    assert slices == [head.out_features // 2]  # two rows on CPU: the slices
+    assert slices == [width]  # two rows on CPU: the slices
 
 
 def test_an_output_layer_someone_else_replaced_is_left_alone(tiny_model):
@@ -421,7 +423,7 @@ def test_an_output_layer_someone_else_replaced_is_left_alone(tiny_model):
         return torch.nn.functional.linear(hidden, module.weight)
 
     hook = head.forward = functools.partial(new_forward, head)  # as accelerate's hooks set it
-    assert not use_sliced_output_layer(model, choices=(head.out_features // 2,))
+    assert not use_sliced_output_layer(model, choices=(slice_width(head.out_features),))
     assert not use_stock_output_layer(model)
     assert head.forward is hook  # neither took it off
     assert not use_sliced_output_layer(SimpleNamespace())  # a stand-in model without layers

@@ -5,12 +5,12 @@ in fp32). MKL ran that one product for 64 rows at 0.035-0.046 TFLOP/s on this pr
 slices of 1,024 output rows at 0.052-0.074 (most likely because a slice's weights stay in cache while every row uses
 them); a decoding step of the model, 64 rows over 200 cached tokens, took 0.93-0.94x as long with 2 threads, and
 0.92-1.01x with 1 (a CPU job's two processes run one each: within the drift of single steps) (benchmarks/README.md,
-"The output layer in slices"). Each logit is the same dot product over the hidden size either
-way, and with slices of one width, a multiple of 256, MKL gave the same bits as the whole product here, with 1 and 2
-threads (tests/test_engine.py checks it at SmolLM2's shape, and the tiny model's logits, answers and option scores;
-another CPU or BLAS is not covered by that check). A last slice of another width need not: it can take another
-kernel (a vocabulary of 49,153 gave other last bits), so a vocabulary that no width of ``SLICE_ROWS_CHOICES`` divides
-is left whole.
+"The output layer in slices"). Each logit is the same dot product over the hidden size either way, and with slices
+of one width, a multiple of 256, MKL gave the same bits as the whole product here, with 1 and 2 threads
+(tests/test_engine.py checks it at SmolLM2's shape, and the tiny model's logits, answers and option scores; another
+CPU or BLAS is not covered by that check). A last slice of another width need not: it can take another kernel (a
+vocabulary of 49,153 gave other last bits), so a vocabulary that no width of ``SLICE_ROWS_CHOICES`` divides is left
+whole.
 """
 
 from __future__ import annotations
